@@ -1,0 +1,117 @@
+"""Read and validate the clip table (`SDR_metadata.tsv`) and turn a split specification into clip lists."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sdr_lightning.errors import DataError
+
+METADATA_FILENAME = "SDR_metadata.tsv"
+REQUIRED_COLUMNS = ("identifier", "speaker", "split", "label", "file")
+SPLIT_NAMES = ("TRAIN", "DEV", "TEST")
+
+
+@dataclass(frozen=True)
+class Clip:
+    identifier: str
+    speaker: str
+    split: str
+    label: int
+    path: Path
+
+
+def read_metadata(data_dir: str | Path, filename: str = METADATA_FILENAME) -> list[Clip]:
+    """Parse the TSV in `data_dir`; clip paths resolve to files beside it (the `file` column's name)."""
+    data_dir = Path(data_dir)
+    path = data_dir / filename
+    if not path.is_file():
+        raise DataError(
+            f"Metadata file {path} not found. Point data.dir (or SDR_DATA_DIR) at a folder holding the FSDD clips "
+            f"and {filename}, or set data.download=true to fetch them."
+        )
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {missing}; expected tab-separated columns {list(REQUIRED_COLUMNS)}."
+            )
+        clips: list[Clip] = []
+        seen: set[str] = set()
+        for line_no, row in enumerate(reader, start=2):
+            where = f"{path}, line {line_no}"
+            identifier = row["identifier"].strip()
+            if identifier in seen:
+                raise DataError(f"{where}: duplicate identifier {identifier!r}; every clip must be listed once.")
+            seen.add(identifier)
+            split = row["split"].strip().upper()
+            if split not in SPLIT_NAMES:
+                raise DataError(f"{where}: unknown split {row['split']!r}; use one of {list(SPLIT_NAMES)}.")
+            try:
+                label = int(row["label"])
+            except ValueError:
+                label = -1
+            if not 0 <= label <= 9:
+                raise DataError(f"{where}: label {row['label']!r} is not a digit 0-9.")
+            clips.append(
+                Clip(identifier, row["speaker"].strip(), split, label, data_dir / Path(row["file"].strip()).name)
+            )
+    if not clips:
+        raise DataError(f"{path} lists no clips.")
+    return clips
+
+
+def check_files_exist(clips: Iterable[Clip]) -> None:
+    missing = [c.path for c in clips if not c.path.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise DataError(
+            f"{len(missing)} clip(s) listed in the metadata are missing, e.g. {shown}. Restore them (or re-run with "
+            f"data.download=true into an empty data.dir), or remove their rows from the metadata."
+        )
+
+
+def select_splits(
+    clips: Sequence[Clip],
+    train_speakers: Sequence[str] | None = None,
+    dev_speakers: Sequence[str] | None = None,
+    test_speakers: Sequence[str] | None = None,
+    allow_speaker_overlap: bool = False,
+) -> dict[str, list[Clip]]:
+    """TRAIN/DEV/TEST clip lists.
+
+    A split without a speaker list takes the metadata's own split column; with a list it takes every clip
+    of those speakers. Evaluation speakers must never be heard in training unless the caller opts out.
+    """
+    known = sorted({c.speaker for c in clips})
+    for key, speakers in (("train_speakers", train_speakers), ("dev_speakers", dev_speakers),
+                          ("test_speakers", test_speakers)):
+        unknown = sorted(set(speakers or ()) - set(known))
+        if unknown:
+            raise DataError(f"data.{key}: unknown speaker(s) {unknown}; the metadata has {known}.")
+
+    def pick(split: str, speakers: Sequence[str] | None) -> list[Clip]:
+        if speakers is None:
+            return [c for c in clips if c.split == split]
+        return [c for c in clips if c.speaker in set(speakers)]
+
+    splits = {
+        "TRAIN": pick("TRAIN", train_speakers),
+        "DEV": pick("DEV", dev_speakers),
+        "TEST": pick("TEST", test_speakers),
+    }
+    for name, chosen in splits.items():
+        if not chosen:
+            raise DataError(f"Split {name} is empty; check data.train_speakers/dev_speakers/test_speakers.")
+    train = {c.speaker for c in splits["TRAIN"]}
+    heard = sorted(train & {c.speaker for name in ("DEV", "TEST") for c in splits[name]})
+    if heard and not allow_speaker_overlap:
+        raise DataError(
+            f"Speaker(s) {heard} are in training and in evaluation, so the result would not be speaker-independent. "
+            f"Change data.train_speakers / dev_speakers / test_speakers, or set data.allow_speaker_overlap=true "
+            f"to do it anyway."
+        )
+    return splits

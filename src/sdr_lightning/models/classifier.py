@@ -1,0 +1,132 @@
+"""DigitClassifier: featurizer + encoder + linear head, and the training/evaluation plumbing all models share.
+
+Constructor arguments are plain config values (dicts, numbers), never modules, so `save_hyperparameters`
+keeps checkpoints loadable with `torch.load(weights_only=True)` and the class rebuilds itself from them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+NUM_CLASSES = 10
+
+
+def split_metrics(prefix: str, num_classes: int = NUM_CLASSES) -> MetricCollection:
+    return MetricCollection(
+        {"acc": MulticlassAccuracy(num_classes, average="micro"),
+         "f1_macro": MulticlassF1Score(num_classes, average="macro")},
+        prefix=prefix,
+    )
+
+
+class DigitClassifier(pl.LightningModule):
+    """`featurizer` is a `_target_` config (e.g. sdr_lightning.features.LogMel): waveforms -> (B, n_mels, T).
+
+    Subclasses build `self.encoder`: (B, n_mels, T) features + (B,) frame counts -> (B, D) embedding,
+    with an `output_dim` attribute, and then call `self.attach_head()`."""
+
+    def __init__(
+        self,
+        featurizer: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
+        scheduler_interval: str = "step",
+        label_smoothing: float = 0.0,
+        num_classes: int = NUM_CLASSES,
+        spec_augment: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.featurizer = instantiate(featurizer)
+        # training-only masking of the features; a `_target_` config such as sdr_lightning.augment.SpecAugment
+        self.spec_augment = instantiate(spec_augment) if spec_augment else None
+        self.encoder: nn.Module
+        self.head: nn.Module
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_metrics = split_metrics("train/", num_classes)
+        self.val_metrics = split_metrics("val/", num_classes)
+        self.test_metrics = split_metrics("test/", num_classes)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def attach_head(self) -> None:
+        self.head = nn.Linear(self.encoder.output_dim, self.hparams.num_classes)
+
+    # ---- inference: a raw waveform batch in, logits out (what predict/export use) ----
+    def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
+        features, frames = self.featurizer(waveform, lengths)
+        return self.head(self.encoder(features, frames))
+
+    def batch_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Cached features when the datamodule supplies them, else featurize the waveforms here."""
+        if "features" in batch:
+            return batch["features"], batch["feature_lengths"]
+        return self.featurizer(batch["waveform"], batch["lengths"])
+
+    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+        features, frames = self.batch_features(batch)
+        if self.training and self.spec_augment is not None:
+            features = self.spec_augment(features, frames)
+        return self.encoder(features, frames)
+
+    # ---- shared steps ----
+    def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:
+        logits = self.head(self.embed(batch))
+        loss = self.criterion(logits, batch["label"])
+        loss_metric.update(loss.detach(), weight=len(batch["label"]))
+        metrics.update(logits.detach(), batch["label"])
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, self.train_metrics, self.train_loss)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # drop values from the sanity check
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, self.val_loss)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, self.test_loss)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self.head(self.embed(batch)).softmax(dim=-1)
+
+    # ---- optimisation ----
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return {"optimizer": optimizer}
+        make_scheduler = instantiate(self.hparams.scheduler)
+        extra = {}
+        # Schedules defined over the whole run (OneCycleLR) learn its length from the trainer.
+        if "total_steps" in inspect.signature(make_scheduler.func).parameters and "total_steps" not in make_scheduler.keywords:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = make_scheduler(optimizer=optimizer, **extra)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+
+
+def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
+    """(B, C, T) -> (B, C), averaging only the first `lengths` frames of each item."""
+    mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[:, None, :]
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)

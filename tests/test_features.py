@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from sdr_lightning.data.datamodule import collate_waveforms
+from sdr_lightning.features import LogMel, downsample_spectrogram
+
+
+@pytest.fixture
+def featurizer() -> LogMel:
+    return LogMel(n_mels=13)
+
+
+def test_shapes_and_frame_counts(featurizer: LogMel) -> None:
+    waves = [torch.randn(n) for n in (8000, 3000, 100)]
+    batch = collate_waveforms([(w, 0, 0) for w in waves])
+    features, frames = featurizer(batch["waveform"], batch["lengths"])
+    assert features.shape[:2] == (3, 13)
+    assert frames.tolist() == [1 + (8000 - 256) // 80, 1 + (3000 - 256) // 80, 1]
+    assert torch.isfinite(features).all()
+
+
+def test_clip_alone_equals_clip_in_padded_batch(featurizer: LogMel) -> None:
+    short, long = torch.randn(2500), torch.randn(7000)
+    alone, n = featurizer(short[None], torch.tensor([2500]))
+    batch = collate_waveforms([(long, 0, 0), (short, 0, 0)])
+    padded, frames = featurizer(batch["waveform"], batch["lengths"])
+    assert frames[1] == n[0]
+    torch.testing.assert_close(padded[1, :, : n[0]], alone[0], rtol=1e-4, atol=1e-4)
+    assert (padded[1, :, n[0]:] == 0).all()
+
+
+def test_utterance_normalisation_over_valid_frames(featurizer: LogMel) -> None:
+    batch = collate_waveforms([(torch.randn(6000), 0, 0), (torch.randn(2000), 0, 0)])
+    features, frames = featurizer(batch["waveform"], batch["lengths"])
+    valid = features[1, :, : frames[1]]
+    assert abs(valid.mean().item()) < 1e-4
+    assert valid.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_silence_is_floored_not_minus_infinity(featurizer: LogMel) -> None:
+    wave = torch.zeros(4000)
+    wave[:1000] = torch.randn(1000)
+    features, _ = featurizer(wave[None], torch.tensor([4000]))
+    assert torch.isfinite(features).all()
+
+
+def test_downsample_matches_chunk_means() -> None:
+    x = torch.arange(2 * 10, dtype=torch.float32).reshape(2, 10)  # k=2 bins, T=10 frames
+    out = downsample_spectrogram(x, 5)
+    expected = np.concatenate([c.mean(axis=1) for c in np.array_split(x.numpy(), 5, axis=1)])
+    np.testing.assert_allclose(out.numpy(), expected)
+    assert out.shape == (5 * 2,)
+
+
+def test_downsample_ignores_padding_and_handles_short_clips() -> None:
+    x = torch.randn(13, 40)
+    padded = torch.zeros(2, 13, 60)
+    padded[0, :, :40] = x
+    padded[1, :, :3] = x[:, :3]
+    out = downsample_spectrogram(padded, 10, torch.tensor([40, 3]))
+    assert out.shape == (2, 130)
+    torch.testing.assert_close(out[0], downsample_spectrogram(x, 10))
+    assert torch.isfinite(out[1]).all()  # 3 frames into 10 chunks repeats frames, no empty chunk

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from sdr_lightning.data.datamodule import collate_waveforms
+from sdr_lightning.models.simclr import nt_xent
+
+MODELS = ["linear", "cnn", "vit", "simclr"]
+
+
+@pytest.fixture(params=MODELS)
+def model(request, make_cfg) -> pl.LightningModule:
+    cfg = make_cfg(f"model={request.param}")
+    return instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
+
+
+def variable_length_batch() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return collate_waveforms([(torch.randn(n), 0, 0) for n in (5000, 1200, 90, 3100)])
+
+
+def test_forward_any_length(model: pl.LightningModule) -> None:
+    batch = variable_length_batch()
+    logits = model(batch["waveform"], batch["lengths"])
+    assert logits.shape == (4, 10) and torch.isfinite(logits).all()
+    long = torch.randn(1, 8000 * 20)  # 20 s: far past the seed study's 150-position table
+    assert model(long, torch.tensor([long.shape[1]])).shape == (1, 10)
+
+
+def test_padding_does_not_change_a_clips_prediction(model: pl.LightningModule) -> None:
+    batch = variable_length_batch()
+    with torch.no_grad():
+        together = model(batch["waveform"], batch["lengths"])
+        for i, n in enumerate(batch["lengths"]):
+            alone = model(batch["waveform"][i:i + 1, :n], n[None])
+            torch.testing.assert_close(alone[0], together[i], rtol=1e-4, atol=1e-4)
+
+
+def test_hparams_hold_plain_values(model: pl.LightningModule) -> None:
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(plain(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    assert all(plain(v) for v in model.hparams.values()), model.hparams
+
+
+def test_nt_xent_prefers_matching_views() -> None:
+    z = torch.randn(8, 16)
+    assert nt_xent(z, z, 0.1) < nt_xent(z, torch.randn(8, 16), 0.1)

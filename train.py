@@ -1,0 +1,15 @@
+"""Train and evaluate one model: `python train.py model=vit`, or a sweep: `python train.py -m model=cnn,linear`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from sdr_lightning.train import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

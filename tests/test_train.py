@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from sdr_lightning.train import run
 
@@ -26,7 +27,12 @@ def test_short_run_writes_outputs_and_loads_safely(make_cfg, tmp_path: Path) -> 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert value == metrics["val/acc"]
     assert {"val/acc", "val/f1_macro", "test/acc", "test/f1_macro", "train_time_s", "parameters"} <= set(metrics)
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventMultiplexer()
+    events.AddRunsFromDirectory(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Runs()["."]["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr-AdamW", "hp/test_acc"} <= scalars
+    assert events.PluginRunToTagToContent("hparams")["."]  # the HPARAMS tab has this run
     checkpoints = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
     assert checkpoints and Path(metrics["best_checkpoint"]).is_file()
 

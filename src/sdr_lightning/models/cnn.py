@@ -21,10 +21,10 @@ class TemporalCNN(nn.Module):
     def __init__(
         self,
         n_mels: int,
-        channels: int = 96,
+        channels: int = 128,
         kernel_size: int = 3,
         dilations: Sequence[int] = (1, 2, 4, 8),
-        dropout: float = 0.1,
+        dropout: float = 0.2,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -53,10 +53,10 @@ class TemporalCNN(nn.Module):
 class CNNClassifier(DigitClassifier):
     def __init__(
         self,
-        channels: int = 96,
+        channels: int = 128,
         kernel_size: int = 3,
         dilations: Sequence[int] = (1, 2, 4, 8),
-        dropout: float = 0.1,
+        dropout: float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

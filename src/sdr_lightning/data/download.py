@@ -28,13 +28,13 @@ from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
+from sdr_lightning.data.metadata import METADATA_FILENAME
 from sdr_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
 CHECKSUMS_FILENAME = "fsdd_v1.0.10.sha256"
-METADATA_FILENAME = "SDR_metadata.tsv"
 RECORDINGS_FOLDER = "recordings"
 
 _CHUNK = 1 << 16

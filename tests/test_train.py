@@ -12,12 +12,13 @@ from sdr_lightning.train import run
 
 from conftest import ROOT
 
-MODELS = ["linear", "cnn", "vit", "simclr"]
+MODELS = [("model=linear",), ("model=cnn",), ("model=vit",), ("model=simclr",),
+          ("model=simclr", "model/backbone=vit")]
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_fast_dev_run_through_real_config(make_cfg, model: str) -> None:
-    cfg = make_cfg(f"model={model}", "debug=fast_dev_run")
+@pytest.mark.parametrize("model", MODELS, ids=" ".join)
+def test_fast_dev_run_through_real_config(make_cfg, model: tuple[str, ...]) -> None:
+    cfg = make_cfg(*model, "debug=fast_dev_run")
     assert 0.0 <= run(cfg) <= 1.0
 
 

@@ -10,7 +10,6 @@ import inspect
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -125,8 +124,3 @@ class DigitClassifier(pl.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
 
-
-def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
-    """(B, C, T) -> (B, C), averaging only the first `lengths` frames of each item."""
-    mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[:, None, :]
-    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)

@@ -47,8 +47,11 @@ def run(cfg: DictConfig) -> float | None:
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best or None  # fast_dev_run saves nothing: evaluate the weights in memory
+    # Keep the final evaluation out of the training curves; its figures go to hp/* and metrics.json.
+    loggers, trainer.loggers = trainer.loggers, []
     dev = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    trainer.loggers = loggers
     metrics = {
         **{k: v for k, v in dev.items() if k != "val/acc_best"},
         **test,

@@ -76,6 +76,15 @@ def test_multirun_sweeps_models(synthetic_data: Path, tmp_path: Path) -> None:
     assert len({p.parent for p in tmp_path.glob("multirun/*/*/tensorboard/events.out.tfevents.*")}) == 2
 
 
+def test_user_errors_print_one_message_without_traceback(synthetic_data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "train.py", "data.train_speakers=[lucas]", "debug=fast_dev_run"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "error: Speaker(s) ['lucas']" in result.stderr and "allow_speaker_overlap" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_end_to_end_on_real_clips(make_cfg, shared_data: Path, tmp_path: Path) -> None:
     cfg = make_cfg(f"data.dir={shared_data}", "model=cnn", "trainer.max_epochs=3", "data.batch_size=64",
                    "+trainer.limit_train_batches=15")

@@ -113,10 +113,11 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         used = sorted({c.identifier: c for split in self.splits.values() for c in split}.values(),
                       key=lambda c: c.identifier)
         check_files_exist(used)
-        waveforms = self._cached(self._waveform_key(used), lambda: [load_audio(c.path, hp.sample_rate) for c in used])
+        waveform_key = self._waveform_key(used)
+        waveforms = self._cached(waveform_key, lambda: [load_audio(c.path, hp.sample_rate) for c in used])
         tensors = waveforms
         if self.featurizer is not None:
-            key = self._waveform_key(used) + getattr(self.featurizer, "cache_key", repr(self.featurizer))
+            key = waveform_key + getattr(self.featurizer, "cache_key", repr(self.featurizer))
             tensors = self._cached(key, lambda: featurize_all(self.featurizer, waveforms))
         by_id = dict(zip((c.identifier for c in used), tensors))
         self.datasets = {name: ClipDataset(split, [by_id[c.identifier] for c in split])

@@ -62,23 +62,21 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("speech_data"))
 
 
-def compose_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
-    """The real `conf/train.yaml` with outputs under `output_dir`, as `python train.py` would see it."""
+def compose_config(output_dir: Path, overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """The real `conf/<config_name>.yaml` with outputs under `output_dir`, as `python train.py` would see it."""
+    paths = [
+        f"paths.root_dir={output_dir}",
+        f"paths.output_dir={output_dir}",
+        f"paths.log_dir={output_dir}",
+        f"paths.cache_dir={output_dir}/cache",
+    ]
+    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.accelerator=cpu"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
-            config_name="train",
+            config_name=config_name,
             return_hydra_config=True,
-            overrides=[
-                f"paths.root_dir={output_dir}",
-                f"paths.output_dir={output_dir}",
-                f"paths.log_dir={output_dir}",
-                f"paths.cache_dir={output_dir}/cache",
-                "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false",
-                "trainer.accelerator=cpu",
-                *(overrides or []),
-            ],
+            overrides=[*paths, *(quiet if config_name == "train" else []), *(overrides or [])],
         )
     HydraConfig().set_config(cfg)
     with open_dict(cfg):

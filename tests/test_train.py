@@ -72,7 +72,7 @@ def test_multirun_sweeps_models(synthetic_data: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.parent.name for p in tmp_path.glob("multirun/*/*/metrics.json"))
     assert len(runs) == 2
-    assert runs[0].startswith("0_") and "model=cnn" in runs[0] and "model=linear" in runs[1]
+    assert runs[0].startswith("0_") and "model-cnn" in runs[0] and "model-linear" in runs[1]
     assert len({p.parent for p in tmp_path.glob("multirun/*/*/tensorboard/events.out.tfevents.*")}) == 2
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from sdr_lightning.errors import ConfigError
+from sdr_lightning.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "best_checkpoint": best,
+        "model": type(model).__name__,
     }
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log_hparams(trainer.loggers, cfg, metrics)
+        write_reports(cfg, model, datamodule, trainer)
         print_summary(cfg, metrics, output_dir)
 
     key = cfg.get("optimized_metric")
@@ -72,6 +75,19 @@ def run(cfg: DictConfig) -> float | None:
     if key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not measured; choose one of {sorted(metrics)}.")
     return float(metrics[key])
+
+
+def write_reports(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.LightningDataModule,
+                  trainer: pl.Trainer) -> None:
+    """Per-split reports of the evaluated (best) weights under <run>/reports, figures and audio in TensorBoard."""
+    options = cfg.get("report")
+    if not options or not options.splits:
+        return
+    writer = next((logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+    evaluate_model(model, datamodule, {split.lower(): split.upper() for split in options.splits},
+                   Path(cfg.paths.output_dir) / "reports", writer=writer, step=trainer.global_step,
+                   embeddings=list(options.embeddings), projector=options.projector,
+                   misclassified_audio=options.misclassified_audio, seed=cfg.get("seed") or 0)
 
 
 def log_hparams(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:

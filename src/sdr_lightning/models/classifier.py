@@ -64,6 +64,9 @@ class DigitClassifier(pl.LightningModule):
         features, frames = self.featurizer(waveform, lengths)
         return self.head(self.encoder(features, frames))
 
+    def prepare_for_evaluation(self, datamodule: pl.LightningDataModule) -> None:
+        """Anything a model fits on training data outside gradient descent (SimCLR's probe) before evaluation."""
+
     def batch_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Cached features when the datamodule supplies them, else featurize the waveforms here."""
         if "features" in batch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -64,14 +65,16 @@ class SimCLR(DigitClassifier):
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
-            self.fit_probe()
+            self.fit_probe(self.trainer.datamodule)
 
     def on_test_start(self) -> None:
-        self.fit_probe()
+        self.fit_probe(self.trainer.datamodule)
 
-    def fit_probe(self) -> None:
+    def prepare_for_evaluation(self, datamodule: pl.LightningDataModule) -> None:
+        self.fit_probe(datamodule)
+
+    def fit_probe(self, datamodule: pl.LightningDataModule) -> None:
         """Logistic regression on frozen embeddings of the (unaugmented) training clips, copied into the head."""
-        datamodule = self.trainer.datamodule
         with torch.inference_mode(False), torch.no_grad():
             was_training = self.training
             self.eval()

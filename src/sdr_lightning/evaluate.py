@@ -16,7 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sdr_lightning.data.audio import load_audio
 from sdr_lightning.errors import ConfigError
-from sdr_lightning.predictions import Predictions, predict_split
+from sdr_lightning.features import downsample_spectrogram
+from sdr_lightning.predictions import Predictions
 from sdr_lightning.report import SplitReport, confusion_figure, format_per_class, write_split_report
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,34 @@ def evaluate_model(
     if writer is not None:
         writer.flush()
     return reports
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, datamodule, split: str, input_chunks: int = 10) -> Predictions:
+    """Run `model` (a DigitClassifier) over every clip of `split` in the datamodule, in the split's order."""
+    was_training = model.training
+    model.eval()
+    clips = datamodule.splits[split]
+    order, probabilities, embeddings, inputs = [], [], [], []
+    for batch in datamodule.dataloader(split):
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        features, frames = model.batch_features(batch)
+        hidden = model.encoder(features, frames)
+        probabilities.append(model.head(hidden).float().softmax(dim=-1).cpu())
+        embeddings.append(hidden.float().cpu())
+        inputs.append(downsample_spectrogram(features, input_chunks, frames).float().cpu())
+        order.append(batch["index"].cpu())
+    model.train(was_training)
+    index = torch.cat(order).numpy()
+    chosen = [clips[i] for i in index]
+    return Predictions(
+        identifiers=[c.identifier for c in chosen],
+        speakers=[c.speaker for c in chosen],
+        labels=np.array([c.label for c in chosen]),
+        probabilities=torch.cat(probabilities).numpy(),
+        embeddings=torch.cat(embeddings).numpy(),
+        input_vectors=torch.cat(inputs).flatten(1).numpy(),
+    )
 
 
 def log_misclassified(writer: SummaryWriter, predictions: Predictions, clips: Sequence[Any], split: str,

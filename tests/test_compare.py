@@ -200,3 +200,24 @@ def test_group_named_by_what_differs() -> None:
     assert group_label({"model": "cnn", "trainer.max_epochs": "5"}, ["model", "seed"]) == "model=cnn"
     assert group_label({"model": "cnn", "trainer.max_epochs": "5"}, ["seed"]) == "model=cnn, trainer.max_epochs=5"
     assert group_label({}, ["model", "seed"]) == "defaults"
+
+
+def test_folds_are_summarised_like_seeds(tmp_path: Path) -> None:
+    """A leave-one-speaker-out sweep: one group per model, mean ± std over its folds."""
+    sweep = tmp_path / "sweep"
+    accuracies = {"cnn": [0.9, 0.8, 0.7], "linear": [0.6, 0.5, 0.55]}
+    num = 0
+    for model, values in accuracies.items():
+        for fold, acc in enumerate(values):
+            write_job(sweep, num, [f"model={model}", "data=loso", f"data.fold={fold}"],
+                      {"val/acc": acc, "test/acc": acc - 0.05, "test/f1_macro": acc, "train_time_s": 1.0})
+            num += 1
+    text = compare(sweep, tmp_path / "out", 100)
+    groups = {row["group"]: row for row in read_csv(tmp_path / "out" / "groups.csv")}
+    assert list(groups) == ["model=cnn", "model=linear"]
+    for model, values in accuracies.items():
+        row = groups[f"model={model}"]
+        assert row["n"] == "3" and "data.fold" not in row
+        assert float(row["dev_acc_mean"]) == pytest.approx(np.mean(values))
+        assert float(row["dev_acc_std"]) == pytest.approx(np.std(values, ddof=1))
+    assert "## Groups (runs that differ only in `seed` or `data.fold`)" in text

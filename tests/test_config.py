@@ -3,6 +3,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sdr_lightning.augment import AugmentationPipeline
 
 from conftest import CONFIG_DIR, compose_config
 
@@ -12,12 +15,15 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("override", [f"{g}={o}" for g in ("model", "data", "trainer", "logger", "callbacks",
-                                                            "experiment", "debug") for o in options(g)])
+                                                            "experiment", "debug", "augment")
+                                      for o in options(g)])
 def test_every_option_composes_and_builds(tmp_path: Path, override: str) -> None:
     cfg = compose_config(tmp_path, [override])
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
     for node in [*(cfg.callbacks or {}).values(), *(cfg.logger or {}).values()]:
         instantiate(node)
+    if cfg.model.get("augment"):
+        AugmentationPipeline(OmegaConf.to_container(cfg.model.augment, resolve=True))
 
 
 def test_experiment_sets_several_groups(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def test_training_writes_reports_and_tensorboard_figures(make_cfg, tmp_path: Pat
     assert len(audio) == min(8, mistakes)
     if audio:
         assert "true_" in audio[0] and "_predicted_" in audio[0]
-    assert (tmp_path / "tensorboard" / "projector_config.pbtxt").is_file()
+    projector = (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert all(f"{split}_{space}" in projector for split in ("dev", "test") for space in ("encoder", "mel"))
 
 
 @pytest.mark.parametrize("model", ["model=cnn", "model=simclr"])

@@ -1,9 +1,10 @@
 """One results table for a whole Hydra multirun sweep: `python compare.py outputs/multirun/<date_time>`.
 
 Per run: the overrides that define it, DEV and TEST accuracy with 95% bootstrap CIs from its predictions, TEST
-macro-F1, size and training time. Per group of runs that differ only in `seed`: mean ± std. Between the best run of
-each group (chosen on DEV, never TEST): paired bootstrap p-values on TEST. Writes results.md, results.csv,
-groups.csv, pvalues.csv and results.png.
+macro-F1, size and training time. Per group of runs that differ only in `seed` or `data.fold` (repeats of one
+setting; a leave-one-speaker-out sweep `data=loso data.fold=0,1,2,3,4,5` gives mean ± std over folds): mean ± std.
+Between the best run of each group (chosen on DEV, never TEST): paired bootstrap p-values on TEST. Writes
+results.md, results.csv, groups.csv, pvalues.csv and results.png.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from sdr_lightning.significance import accuracy_ci, paired_bootstrap
 NOISE_KEYS = {"data.dir", "data.cache_dir", "ckpt_path", "trainer.enable_progress_bar", "trainer.enable_model_summary"}
 NOISE_PREFIXES = ("paths.", "hydra.")
 SEED = "seed"
+# Overrides that repeat one setting rather than change it: runs differing only in these form one group.
+REPEATS = (SEED, "data.fold")
 SPLITS = {"dev": "val", "test": "test"}  # reports/<split>/ folder -> metrics.json key prefix
 PREDICTION_COLUMNS = ("identifier", "label", "prediction")
 MISSING = "—"
@@ -68,7 +71,7 @@ class Run:
 @dataclass
 class Group:
     label: str
-    overrides: dict[str, str]  # everything but the seed
+    overrides: dict[str, str]  # everything but the seed and fold (REPEATS)
     runs: list[Run]
 
     @property
@@ -190,7 +193,7 @@ def warn(message: str) -> None:
 def group_runs(runs: list[Run], varying: list[str]) -> list[Group]:
     groups: dict[tuple[tuple[str, str], ...], Group] = {}
     for run in runs:
-        config = {k: v for k, v in run.overrides.items() if k != SEED}
+        config = {k: v for k, v in run.overrides.items() if k not in REPEATS}
         key = tuple(sorted(config.items()))
         if key not in groups:
             groups[key] = Group(label=group_label(config, varying), overrides=config, runs=[])
@@ -200,9 +203,9 @@ def group_runs(runs: list[Run], varying: list[str]) -> list[Group]:
 
 def group_label(config: dict[str, str], varying: list[str]) -> str:
     # Name a group by what sets it apart; overrides shared by every run go in the report's header instead.
-    # With a single group (only the seed varies) its full overrides are the more useful name.
+    # With a single group (only seeds or folds vary) its full overrides are the more useful name.
     shown = [f"{k}={config[k]}" for k in varying if k in config]
-    if not any(k != SEED for k in varying):
+    if not any(k not in REPEATS for k in varying):
         shown = [f"{k}={v}" for k, v in config.items()]
     return ", ".join(shown) or "defaults"
 
@@ -320,7 +323,7 @@ def report(sweep: Path, runs: list[Run], groups: list[Group], varying: list[str]
         "## Runs",
         "Accuracy from metrics.json; 95% bootstrap CI over the clips in reports/<split>/predictions.csv.",
         markdown(*run_rows(runs, varying)),
-        f"## Groups (runs that differ only in `{SEED}`)",
+        f"## Groups (runs that differ only in {' or '.join(f'`{k}`' for k in REPEATS)})",
         "Mean ± sample standard deviation over the finished runs of each group; n counts them.",
         markdown(*group_rows(groups)),
         "## Paired bootstrap p-values on TEST",
@@ -416,7 +419,7 @@ def plot(groups: list[Group], path: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     # on the figure, not the axes, so that wide group names cannot push it off the canvas
-    fig.suptitle("Mean accuracy per group; error bars: ± std over seeds (n > 1) or 95% bootstrap CI (n = 1)",
+    fig.suptitle("Mean accuracy per group; error bars: ± std over seeds/folds (n > 1) or 95% bootstrap CI (n = 1)",
                  fontsize=9)
     fig.savefig(path, dpi=120)
 

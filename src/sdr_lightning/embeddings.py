@@ -175,6 +175,7 @@ def embedding_report(
     writer: SummaryWriter | None = None,
     predictions: Sequence[int] | None = None,
     title_prefix: str = "",
+    tag_prefix: str = "",
 ) -> list[Path]:
     """Plot every space with every method to `<out_dir>/<space>_<method>.png`; returns those paths.
 
@@ -182,6 +183,7 @@ def embedding_report(
     `<out_dir>/separation.json` as {space: {method: {"digit": s, "speaker": s}}}, and, with a writer,
     into scalars `embedding/<space>_<method>/silhouette_<grouping>`; with a writer each space is also
     written once to the projector with columns digit, speaker, identifier (and prediction).
+    `tag_prefix` keeps several calls on one writer apart (e.g. "dev_", "test_").
     """
     n = len(labels)
     lengths = {"speakers": len(speakers), "identifiers": len(identifiers)}
@@ -209,12 +211,12 @@ def embedding_report(
                                         axis_name=METHOD_NAMES[method]))
             if writer is not None:
                 for grouping, value in score.items():
-                    writer.add_scalar(f"embedding/{space}_{method}/silhouette_{grouping}", value)
+                    writer.add_scalar(f"embedding/{tag_prefix}{space}_{method}/silhouette_{grouping}", value)
         if writer is not None:
             header = ["digit", "speaker", "identifier"] + (["prediction"] if predictions is not None else [])
             columns = [labels, speakers, identifiers] + ([predictions] if predictions is not None else [])
             rows = [list(row) for row in zip(*(np.asarray(c).tolist() for c in columns))]  # tensors -> plain
-            write_projector(writer, vectors, rows, header, tag=space)
+            write_projector(writer, vectors, rows, header, tag=f"{tag_prefix}{space}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # NaN (a degenerate grouping) is not JSON; write it as null.
     plain = {space: {method: {k: None if math.isnan(v) else v for k, v in score.items()}

@@ -54,7 +54,7 @@ def evaluate_model(
                 predictions.labels.tolist(), predictions.speakers, predictions.identifiers,
                 folder / "embeddings", methods=tuple(embeddings), seed=seed,
                 writer=writer if projector else None, predictions=predictions.predicted.tolist(),
-                title_prefix=f"{name} {report_name}",
+                title_prefix=f"{name} {report_name}", tag_prefix=f"{report_name}_",
             )
         if writer is not None:
             writer.add_figure(f"confusion_matrix/{report_name}", confusion_figure(report), step, close=False)
@@ -129,7 +129,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
     datamodule = instantiate(run_cfg.data, _convert_="all")
     model_class = get_class(run_cfg.model._target_)
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    datamodule.use_featurizer(model.featurizer)
+    datamodule.use_featurizer(model.featurizer, train_waveforms=False)  # evaluation never augments
     datamodule.prepare_data()
     datamodule.setup("test")
     heard = sorted({c.speaker for c in datamodule.splits["TRAIN"]} & {

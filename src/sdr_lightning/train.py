@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
-from sdr_lightning.errors import ConfigError
+from sdr_lightning.errors import ConfigError, SdrError
 from sdr_lightning.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,25 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node, _convert_="all") for node in group.values() if node and "_target_" in node]
 
 
+def instantiate_unwrapped(node: DictConfig, **kwargs: Any) -> Any:
+    """`instantiate`, except that our own errors raised inside a constructor come out as themselves (one
+    message, no traceback) instead of wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, SdrError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from err
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _recursive_=False, _convert_="all")
-    datamodule.use_featurizer(model.featurizer)
+    datamodule = instantiate_unwrapped(cfg.data, _convert_="all")
+    model = instantiate_unwrapped(cfg.model, _recursive_=False, _convert_="all")
+    # DEV/TEST (and TRAIN, without waveform augmentation) as cached features; raw TRAIN audio when augmenting it
+    datamodule.use_featurizer(model.featurizer, train_waveforms=model.needs_waveforms)
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                           logger=instantiate_group(cfg.get("logger")) or False, _convert_="all")
     return datamodule, model, trainer

@@ -25,10 +25,10 @@ _MEMORY_CACHE: dict[str, list[Tensor]] = {}
 
 
 class ClipDataset(Dataset):
-    """Items of one split: the clip's tensor (waveform or features) and its label."""
+    """Items of one split: the clip's tensor (`kind`: "waveform" or "features") and its label."""
 
-    def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor]) -> None:
-        self.clips, self.tensors = list(clips), list(tensors)
+    def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor], kind: str = "waveform") -> None:
+        self.clips, self.tensors, self.kind = list(clips), list(tensors), kind
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -63,8 +63,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
     """TRAIN/DEV/TEST from the metadata table; batches carry padded tensors plus their true lengths.
 
     Without a featurizer, batches hold raw waveforms (`waveform`, `lengths`). With `featurizer` set (the
-    model's own module, when no waveform augmentation needs raw audio), features are computed once per
-    featurizer setting and batches hold `features`, `feature_lengths`.
+    model's own module), features are computed once per featurizer setting and batches hold `features`,
+    `feature_lengths`; with `train_waveforms` too, TRAIN batches stay waveforms, for the model to augment.
+
+    `fold` (0..5 on FSDD) picks a leave-one-speaker-out split instead (see metadata.loso_split).
     """
 
     def __init__(
@@ -83,20 +85,27 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         download: bool = True,
         download_url: str = FSDD_URL,
         cache_features: bool = True,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(dir)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.featurizer: nn.Module | None = None
+        self.train_waveforms = False
         self.splits: dict[str, list[Clip]] = {}
         self.datasets: dict[str, ClipDataset] = {}
 
-    def use_featurizer(self, featurizer: nn.Module) -> None:
-        """Deliver features made by `featurizer` (computed once) instead of waveforms, if `cache_features`."""
+    def use_featurizer(self, featurizer: nn.Module, train_waveforms: bool = False) -> None:
+        """Deliver features made by `featurizer` (computed once) instead of waveforms, if `cache_features`.
+
+        `train_waveforms`: TRAIN batches keep raw waveforms, which a model with waveform augmentations
+        augments and featurizes on the fly (`model.needs_waveforms`); DEV/TEST still get cached features.
+        """
         if self.hparams.cache_features:
             self.featurizer = featurizer
-            self.datasets = {}
+        self.train_waveforms = train_waveforms
+        self.datasets = {}
 
     def prepare_data(self) -> None:
         if self.hparams.download and not (self.data_dir / METADATA_FILENAME).is_file():
@@ -109,19 +118,22 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         hp = self.hparams
         clips = read_metadata(self.data_dir)
         self.splits = select_splits(clips, _as_list(hp.train_speakers), _as_list(hp.dev_speakers),
-                                    _as_list(hp.test_speakers), hp.allow_speaker_overlap)
+                                    _as_list(hp.test_speakers), hp.allow_speaker_overlap, fold=hp.fold)
         used = sorted({c.identifier: c for split in self.splits.values() for c in split}.values(),
                       key=lambda c: c.identifier)
         check_files_exist(used)
         waveform_key = self._waveform_key(used)
         waveforms = self._cached(waveform_key, lambda: [load_audio(c.path, hp.sample_rate) for c in used])
-        tensors = waveforms
+        by_kind = {"waveform": dict(zip((c.identifier for c in used), waveforms))}
         if self.featurizer is not None:
             key = waveform_key + getattr(self.featurizer, "cache_key", repr(self.featurizer))
-            tensors = self._cached(key, lambda: featurize_all(self.featurizer, waveforms))
-        by_id = dict(zip((c.identifier for c in used), tensors))
-        self.datasets = {name: ClipDataset(split, [by_id[c.identifier] for c in split])
-                         for name, split in self.splits.items()}
+            features = self._cached(key, lambda: featurize_all(self.featurizer, waveforms))
+            by_kind["features"] = dict(zip((c.identifier for c in used), features))
+        self.datasets = {}
+        for name, split in self.splits.items():
+            raw = self.featurizer is None or (name == "TRAIN" and self.train_waveforms)
+            kind = "waveform" if raw else "features"
+            self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind)
         log.info("Splits: %s", {name: len(ds) for name, ds in self.datasets.items()})
 
     def _waveform_key(self, clips: Sequence[Clip]) -> str:
@@ -164,7 +176,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=self.hparams.pin_memory,
-            collate_fn=collate_features if self.featurizer is not None else collate_waveforms,
+            collate_fn=collate_features if dataset.kind == "features" else collate_waveforms,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -80,13 +80,23 @@ def select_splits(
     dev_speakers: Sequence[str] | None = None,
     test_speakers: Sequence[str] | None = None,
     allow_speaker_overlap: bool = False,
+    fold: int | None = None,
 ) -> dict[str, list[Clip]]:
     """TRAIN/DEV/TEST clip lists.
 
     A split without a speaker list takes the metadata's own split column; with a list it takes every clip
-    of those speakers. Evaluation speakers must never be heard in training unless the caller opts out.
+    of those speakers. `fold` sets all three lists from `loso_split` instead. Evaluation speakers must
+    never be heard in training unless the caller opts out.
     """
     known = sorted({c.speaker for c in clips})
+    if fold is not None:
+        given = [f"data.{key}" for key, speakers in (("train_speakers", train_speakers), ("dev_speakers", dev_speakers),
+                                                      ("test_speakers", test_speakers)) if speakers is not None]
+        if given:
+            raise DataError(f"data.fold={fold} chooses every split's speakers, so it cannot be combined with "
+                            f"{', '.join(given)}; set data.fold=null to use the speaker lists, or drop the lists.")
+        folds = loso_split(known, fold)
+        train_speakers, dev_speakers, test_speakers = folds["TRAIN"], folds["DEV"], folds["TEST"]
     for key, speakers in (("train_speakers", train_speakers), ("dev_speakers", dev_speakers),
                           ("test_speakers", test_speakers)):
         unknown = sorted(set(speakers or ()) - set(known))
@@ -115,3 +125,18 @@ def select_splits(
             f"to do it anyway."
         )
     return splits
+
+
+def loso_split(speakers: Sequence[str], fold: int) -> dict[str, list[str]]:
+    """Leave-one-speaker-out fold: with the speakers sorted alphabetically, fold k tests speaker k, validates
+    on speaker (k + 1) mod n and trains on the rest, so over n folds every speaker is TEST exactly once."""
+    ordered = sorted(set(speakers))
+    count = len(ordered)
+    if count < 3:
+        raise DataError(f"data.fold needs at least 3 speakers (TRAIN, DEV and TEST each need one); the metadata "
+                        f"has {ordered}. Set data.fold=null and name the splits' speakers instead.")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < count:
+        raise DataError(f"data.fold={fold!r} is out of range: with {count} speakers {ordered}, use an integer "
+                        f"0..{count - 1} (fold k tests speaker k), or data.fold=null for the other splits.")
+    test, dev = ordered[fold], ordered[(fold + 1) % count]
+    return {"TRAIN": [s for s in ordered if s not in (test, dev)], "DEV": [dev], "TEST": [test]}

@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from sdr_lightning.augment import AugmentationPipeline
+from sdr_lightning.errors import ConfigError
+
 NUM_CLASSES = 10
 
 
@@ -30,7 +33,11 @@ class DigitClassifier(pl.LightningModule):
     """`featurizer` is a `_target_` config (e.g. sdr_lightning.features.LogMel): waveforms -> (B, n_mels, T).
 
     Subclasses build `self.encoder`: (B, n_mels, T) features + (B,) frame counts -> (B, D) embedding,
-    with an `output_dim` attribute, and then call `self.attach_head()`."""
+    with an `output_dim` attribute, and then call `self.attach_head()`.
+
+    `augment` ({"waveform": {name: _target_ config}, "spectrogram": {...}}, composed by conf/augment/) builds
+    training-only augmentations: waveform ones before the featurizer, spectrogram ones after it.
+    `spec_augment` (one spectrogram `_target_` config) is the older spelling of a spectrogram entry."""
 
     def __init__(
         self,
@@ -41,12 +48,15 @@ class DigitClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         num_classes: int = NUM_CLASSES,
         spec_augment: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.featurizer = instantiate(featurizer)
-        # training-only masking of the features; a `_target_` config such as sdr_lightning.augment.SpecAugment
-        self.spec_augment = instantiate(spec_augment) if spec_augment else None
+        augment = dict(augment or {})
+        if spec_augment:
+            augment["spectrogram"] = {**(augment.get("spectrogram") or {}), "spec_augment": spec_augment}
+        self.augmentation = AugmentationPipeline(augment)
         self.encoder: nn.Module
         self.head: nn.Module
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -67,17 +77,35 @@ class DigitClassifier(pl.LightningModule):
     def prepare_for_evaluation(self, datamodule: pl.LightningDataModule) -> None:
         """Anything a model fits on training data outside gradient descent (SimCLR's probe) before evaluation."""
 
+    @property
+    def needs_waveforms(self) -> bool:
+        """Whether training batches must carry raw waveforms (a waveform augmentation is configured)."""
+        return self.augmentation.needs_waveforms
+
     def batch_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Cached features when the datamodule supplies them, else featurize the waveforms here."""
         if "features" in batch:
             return batch["features"], batch["feature_lengths"]
         return self.featurizer(batch["waveform"], batch["lengths"])
 
+    def augmented_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Waveform augmentations, featurizer, spectrogram augmentations; the same as batch_features in eval mode.
+
+        Every call draws afresh, so two calls give two views of a batch (SimCLR)."""
+        if "features" in batch:
+            if self.training and self.needs_waveforms:
+                raise ConfigError(
+                    "this model has waveform augmentations (model.augment.waveform), but its training batches hold "
+                    "precomputed features. Set up the datamodule with "
+                    "datamodule.use_featurizer(model.featurizer, train_waveforms=model.needs_waveforms).")
+            features, frames = batch["features"], batch["feature_lengths"]
+        else:
+            waveform, lengths = self.augmentation.augment_waveform(batch["waveform"], batch["lengths"])
+            features, frames = self.featurizer(waveform, lengths)
+        return self.augmentation.augment_spectrogram(features, frames)
+
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
-        features, frames = self.batch_features(batch)
-        if self.training and self.spec_augment is not None:
-            features = self.spec_augment(features, frames)
-        return self.encoder(features, frames)
+        return self.encoder(*self.augmented_features(batch))
 
     # ---- shared steps ----
     def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:

@@ -1,5 +1,9 @@
 """SimCLR: an encoder trained with NT-Xent on two augmented views of each clip, judged by a linear probe.
 
+A view is the model's own augmentations (`augment=...`: waveform ones redrawn per view, then the featurizer
+and spectrogram ones) followed by the `views` SpecAugment masks, so `augment=[speed,pitch]` adds speaker-like
+variation to the contrastive pairs.
+
 During fit an online probe (a linear head on detached embeddings) tracks `val/acc` for checkpointing.
 For validate/test after fit, the probe is refit on frozen embeddings of the training clips (logistic
 regression), so the reported accuracy is a true linear probe of the pretrained encoder.
@@ -49,10 +53,12 @@ class SimCLR(DigitClassifier):
         self.view = SpecAugment(**views)
         self.attach_head()
 
+    def contrastive_view(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.view(*self.augmented_features(batch))
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        features, frames = self.batch_features(batch)
-        h1 = self.encoder(self.view(features, frames), frames)
-        h2 = self.encoder(self.view(features, frames), frames)
+        h1 = self.encoder(*self.contrastive_view(batch))
+        h2 = self.encoder(*self.contrastive_view(batch))
         contrastive = nt_xent(self.projector(h1), self.projector(h2), self.hparams.temperature)
         logits = self.head(h1.detach())  # online probe: no gradient reaches the encoder
         probe_loss = self.criterion(logits, batch["label"])

@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.models.simclr import nt_xent
 
-MODELS = ["linear", "cnn", "vit", "simclr"]
+MODELS = ["linear", "cnn", "vit", "simclr", "bcresnet"]
 
 
 @pytest.fixture(params=MODELS)

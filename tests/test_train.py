@@ -12,7 +12,7 @@ from sdr_lightning.train import run
 
 from conftest import ROOT
 
-MODELS = [("model=linear",), ("model=cnn",), ("model=vit",), ("model=simclr",),
+MODELS = [("model=linear",), ("model=cnn",), ("model=vit",), ("model=bcresnet",), ("model=simclr",),
           ("model=simclr", "model/backbone=vit")]
 
 

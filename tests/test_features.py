@@ -62,3 +62,23 @@ def test_downsample_ignores_padding_and_handles_short_clips() -> None:
     assert out.shape == (2, 130)
     torch.testing.assert_close(out[0], downsample_spectrogram(x, 10))
     assert torch.isfinite(out[1]).all()  # 3 frames into 10 chunks repeats frames, no empty chunk
+
+
+def test_trim_removes_edge_silence_and_keeps_batch_invariance() -> None:
+    torch.manual_seed(0)
+    tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(4000) / 8000)
+    quiet = lambda n: 1e-5 * torch.randn(n)  # noqa: E731 - a -90 dB noise floor
+    padded = torch.cat([quiet(3000), tone, quiet(2000)])
+    trimming = LogMel(trim_db=40, trim_margin=2)
+    features, frames = trimming(padded[None], torch.tensor([len(padded)]))
+    _, tone_frames = LogMel()(tone[None], torch.tensor([4000]))
+    untrimmed = LogMel().frame_lengths(torch.tensor([len(padded)]))
+    # the 5000 silent samples (about 60 frames) are gone, up to the margin and the edge frames
+    assert tone_frames.item() <= frames.item() <= tone_frames.item() + 10 < untrimmed.item()
+    assert (features[0, :, frames.item():] == 0).all()
+    batch = collate_waveforms([(padded, 0, 0), (tone, 0, 0)])
+    together, counts = trimming(batch["waveform"], batch["lengths"])
+    alone, count = trimming(tone[None], torch.tensor([4000]))
+    assert counts[0] == frames[0] and counts[1] == count[0]
+    torch.testing.assert_close(together[1, :, :count[0]], alone[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(together[0, :, :frames[0]], features[0, :, :frames[0]], rtol=1e-4, atol=1e-4)

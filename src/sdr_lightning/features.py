@@ -34,14 +34,19 @@ class LogMel(nn.Module):
         f_max: float | None = None,
         top_db: float = 80.0,
         normalization: str = "utterance",
+        trim_db: float | None = None,
+        trim_margin: int = 2,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"model.featurizer.normalization={normalization!r}; use one of {NORMALIZATIONS}.")
         self.settings = dict(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
                              n_mels=n_mels, f_min=f_min, f_max=f_max, top_db=top_db, normalization=normalization)
+        if trim_db is not None:  # only when set, so caches and checkpoints made before it keep their keys
+            self.settings.update(trim_db=trim_db, trim_margin=trim_margin)
         self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
         self.top_db, self.normalization = top_db, normalization
+        self.trim_db, self.trim_margin = trim_db, trim_margin
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
             f_min=f_min, f_max=f_max, n_mels=n_mels, center=False, power=2.0,
@@ -62,6 +67,9 @@ class LogMel(nn.Module):
         frames = self.frame_lengths(lengths).clamp(max=power.shape[-1])
         mask = lengths_to_mask(frames, power.shape[-1])[:, None, :]  # (B, 1, T)
         db = 10.0 * torch.log10(power.clamp(min=1e-10))
+        if self.trim_db is not None:
+            db, frames = self._trim(db, power, frames)
+            mask = lengths_to_mask(frames, db.shape[-1])[:, None, :]
         # Floor the dynamic range per clip so digital silence (zero padding) and a noise floor look alike.
         peak = db.masked_fill(~mask, -torch.inf).amax(dim=(1, 2), keepdim=True)
         db = torch.maximum(db, peak - self.top_db)
@@ -70,6 +78,24 @@ class LogMel(nn.Module):
         elif self.normalization == "cmvn":
             db = _masked_standardize(db, mask, dims=(2,))
         return db.masked_fill(~mask, 0.0), frames
+
+
+    def _trim(self, db: Tensor, power: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Drop leading and trailing frames more than `trim_db` below the clip's loudest frame (keeping
+        `trim_margin` frames of context), so clips with long silences look like tightly cut ones; the kept
+        frames move to the start. Batched: one gather, no loop over clips."""
+        steps = db.shape[-1]
+        time = torch.arange(steps, device=db.device)
+        valid = time[None, :] < frames[:, None]
+        energy = 10.0 * torch.log10(power.sum(dim=1).clamp(min=1e-10)).masked_fill(~valid, -torch.inf)
+        active = energy > energy.amax(dim=1, keepdim=True) - self.trim_db  # the loudest frame always is
+        first = torch.where(active, time, steps).amin(dim=1)
+        last = torch.where(active, time, -1).amax(dim=1)
+        start = (first - self.trim_margin).clamp(min=0)
+        stop = torch.minimum(last + 1 + self.trim_margin, frames)
+        index = (start[:, None] + time[None, :]).clamp(max=steps - 1)
+        trimmed = db.gather(2, index[:, None, :].expand_as(db))
+        return trimmed, stop - start
 
 
 def _masked_standardize(x: Tensor, mask: Tensor, dims: tuple[int, ...]) -> Tensor:

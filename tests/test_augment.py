@@ -6,8 +6,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sdr_lightning.augment import (AddNoise, Augmentation, AugmentationPipeline, FreqWarp, Gain, PitchShift,
-                                   SpecAugment, SpeedPerturb, TimeShift, TimeStretch, TimeWarp)
+from sdr_lightning.augment import (AddNoise, Augmentation, AugmentationPipeline, Fade, FreqWarp, Gain, PitchShift,
+                                   SpecAugment, SpeedPerturb, TimeCrop, TimeShift, TimeStretch, TimeWarp)
 from sdr_lightning.data.datamodule import SpokenDigitDataModule, collate_waveforms
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.features import LogMel, lengths_to_mask
@@ -23,12 +23,14 @@ WAVEFORM = {
     "noise": lambda: AddNoise(min_snr_db=5, max_snr_db=20),
     "shift_circular": lambda: TimeShift(max_fraction=0.2, mode="circular"),
     "shift_pad": lambda: TimeShift(max_fraction=0.2, mode="pad"),
+    "fade": lambda: Fade(),
 }
 SPECTROGRAM = {
     "specaugment": lambda: SpecAugment(),
     "freq_warp": lambda: FreqWarp(),
     "time_stretch": lambda: TimeStretch(),
     "time_warp": lambda: TimeWarp(),
+    "crop": lambda: TimeCrop(),
 }
 
 
@@ -149,6 +151,32 @@ def test_time_stretch_changes_frame_counts_by_the_factor() -> None:
     features, frames = feature_batch()
     _, new_frames = TimeStretch(min_factor=1.2, max_factor=1.2).train()(features, frames)
     assert new_frames.tolist() == [max(1, round(n * 1.2)) for n in frames.tolist()]
+
+
+@pytest.mark.parametrize("shape", ["linear", "logarithmic", "exponential", "quarter_sine", "half_sine"])
+def test_fade_ramps_from_silence_at_both_ends_and_keeps_the_middle(shape: str) -> None:
+    x, lengths = waveform_batch()
+    torch.manual_seed(0)
+    y, new_lengths = Fade(max_fraction=0.3, shapes=[shape]).train()(x, lengths)
+    assert torch.equal(new_lengths, lengths)
+    gain = y[0, :5000] / x[0, :5000]
+    assert gain[0].abs() < 0.05 and gain[4999].abs() < 0.05  # (nearly) silent at the clip's first and last sample
+    assert torch.allclose(gain[1500:3500], torch.ones(2000), atol=1e-5)  # beyond 30% of either end: untouched
+    assert (gain[:1500] <= 1 + 1e-5).all() and (gain[:1500] >= -1e-5).all()
+    with pytest.raises(ConfigError, match="Fade: shapes"):
+        Fade(shapes=["square"])
+
+
+def test_time_crop_keeps_a_contiguous_span_of_the_requested_fraction() -> None:
+    features, frames = feature_batch()
+    torch.manual_seed(0)
+    y, kept = TimeCrop(min_fraction=0.5, max_fraction=0.8).train()(features, frames)
+    for clip, cropped, n, k in zip(features, y, frames.tolist(), kept.tolist()):
+        assert max(1, math.floor(0.5 * n)) <= k <= max(1, math.ceil(0.8 * n))
+        starts = [s for s in range(n - k + 1) if torch.equal(clip[:, s:s + k], cropped[:, :k])]
+        assert starts  # the crop is the clip's own frames, in order
+    with pytest.raises(ConfigError, match="TimeCrop"):
+        TimeCrop(min_fraction=0.0)
 
 
 def test_pipeline_runs_in_config_order_and_checks_its_config() -> None:

@@ -29,7 +29,7 @@ def test_every_option_composes_and_builds(tmp_path: Path, override: str) -> None
 def test_experiment_sets_several_groups(tmp_path: Path) -> None:
     cfg = compose_config(tmp_path, ["experiment=study_linear"])
     assert cfg.model._target_.endswith("LinearClassifier") and cfg.model.featurizer.n_mels == 13
-    cfg = compose_config(tmp_path, ["experiment=single_speaker_cnn"])
+    cfg = compose_config(tmp_path, ["experiment=study_cnn_george"])
     assert list(cfg.data.train_speakers) == ["george"]
 
 

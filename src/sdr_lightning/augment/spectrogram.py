@@ -108,6 +108,31 @@ class TimeStretch(Augmentation):
         return stretched * lengths_to_mask(new_frames, width)[:, None, :], new_frames
 
 
+class TimeCrop(Augmentation):
+    """Random crop: keep one contiguous span of each clip's frames, a fraction in [min_fraction, max_fraction]
+    of them (at least one frame), drawn anywhere inside the clip. The frame count shrinks to the span's."""
+
+    def __init__(self, min_fraction: float = 0.7, max_fraction: float = 1.0, p: float = 1.0) -> None:
+        super().__init__(p)
+        check_range("TimeCrop: [min_fraction, max_fraction]", min_fraction, max_fraction, lowest=0.0)
+        if max_fraction > 1.0 or min_fraction <= 0.0:
+            raise ConfigError(f"TimeCrop: [min_fraction, max_fraction] = [{min_fraction}, {max_fraction}]; "
+                              "use fractions of the clip in (0, 1], e.g. [0.7, 1.0].")
+        self.min_fraction, self.max_fraction = min_fraction, max_fraction
+
+    def augment(self, features: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        batch, bins, steps = features.shape
+        device = features.device
+        fraction = uniform(self.min_fraction, self.max_fraction, batch, device)
+        kept = torch.minimum((frames * fraction).round().long().clamp(min=1), frames)
+        kept = torch.where(self.drawn(batch, device), kept, frames)
+        start = _uniform_int(frames - kept + 1)
+        width = int(kept.max())
+        source = (start[:, None] + torch.arange(width, device=device)[None, :]).clamp(max=steps - 1)
+        cropped = torch.gather(features, 2, source[:, None, :].expand(batch, bins, width))
+        return cropped * lengths_to_mask(kept, width)[:, None, :], kept
+
+
 class TimeWarp(Augmentation):
     """SpecAugment's time warp: a random frame c moves by up to `max_fraction` of the clip's length, the
     frames on either side are stretched or squeezed linearly to follow it; the ends and the length stay."""

@@ -171,6 +171,59 @@ def pink_noise(batch: int, length: int, device: torch.device, dtype: torch.dtype
     return torch.fft.irfft(spectrum / frequency.sqrt(), n=length)
 
 
+FADE_SHAPES = ("linear", "logarithmic", "exponential", "quarter_sine", "half_sine")
+
+
+class Fade(Augmentation):
+    """Fade each clip in and out: gain ramps up from silence over its first samples and down to silence over
+    its last ones, each ramp up to `max_fraction` of the clip's length, in a shape drawn per clip from `shapes`
+    (torchaudio.transforms.Fade's curves). With time masks, CLAR's best contrastive view (Al-Tahan and
+    Mohsenzadeh, 2021); lengths never change.
+    """
+
+    def __init__(self, max_fraction: float = 0.5, shapes: Sequence[str] = ("linear", "logarithmic", "exponential"),
+                 p: float = 1.0) -> None:
+        super().__init__(p)
+        check_range("Fade: max_fraction", 0.0, max_fraction)
+        if max_fraction > 1.0:
+            raise ConfigError(f"Fade: max_fraction={max_fraction}; use a fraction of the clip in [0, 1], e.g. 0.5.")
+        unknown = sorted(set(shapes) - set(FADE_SHAPES))
+        if not shapes or unknown:
+            raise ConfigError(f"Fade: shapes={list(shapes)}; choose from {list(FADE_SHAPES)}.")
+        self.max_fraction, self.shapes = max_fraction, tuple(shapes)
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, width = waveform.shape
+        device = waveform.device
+        fade_in, fade_out = ((uniform(0.0, self.max_fraction, batch, device) * lengths).round() for _ in range(2))
+        step = torch.arange(width, device=device, dtype=torch.float32)[None, :]
+        # Ramp positions in [0, 1]: 0 at the clip's first (last) sample, 1 from the end of the fade on.
+        rise = (step / fade_in[:, None].clamp(min=1)).clamp(max=1.0)
+        fall = ((lengths[:, None] - 1 - step) / fade_out[:, None].clamp(min=1)).clamp(0.0, 1.0)
+        rise = torch.where(fade_in[:, None] > 0, rise, torch.ones_like(rise))
+        fall = torch.where(fade_out[:, None] > 0, fall, torch.ones_like(fall))
+        shape = _choose(len(self.shapes), self.drawn(batch, device))
+        gain = torch.ones_like(waveform)
+        for index, name in enumerate(self.shapes):
+            rows = torch.nonzero(shape == index).squeeze(1)
+            if rows.numel():
+                gain[rows] = (fade_curve(rise[rows], name) * fade_curve(fall[rows], name)).to(waveform.dtype)
+        return waveform * gain * lengths_to_mask(lengths, width), lengths
+
+
+def fade_curve(ramp: Tensor, shape: str) -> Tensor:
+    """Gain in [0, 1] at ramp positions in [0, 1] (0: silent, 1: full level), torchaudio's fade shapes."""
+    if shape == "linear":
+        return ramp
+    if shape == "logarithmic":
+        return (torch.log10(0.1 + ramp) + 1.0).clamp(0.0, 1.0)
+    if shape == "exponential":
+        return torch.pow(2.0, (ramp - 1.0) * 5.0)
+    if shape == "quarter_sine":
+        return torch.sin(ramp * math.pi / 2)
+    return torch.sin(ramp * math.pi - math.pi / 2) / 2 + 0.5  # half_sine
+
+
 SHIFT_MODES = ("circular", "pad")
 
 

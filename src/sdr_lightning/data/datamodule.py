@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdr_lightning.data.audio import load_audio
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
-from sdr_lightning.data.metadata import METADATA_FILENAME, Clip, check_files_exist, read_metadata, select_splits
+from sdr_lightning.data.metadata import (METADATA_FILENAME, UNLABELED, Clip, check_files_exist, read_metadata,
+                                         resolve_labeled_speakers, select_splits)
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,20 @@ _MEMORY_CACHE: dict[str, list[Tensor]] = {}
 
 
 class ClipDataset(Dataset):
-    """Items of one split: the clip's tensor (`kind`: "waveform" or "features") and its label."""
+    """Items of one split: the clip's tensor (`kind`: "waveform" or "features") and its label.
 
-    def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor], kind: str = "waveform") -> None:
+    `labels` overrides the clips' own labels (UNLABELED for clips whose label training may not use)."""
+
+    def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor], kind: str = "waveform",
+                 labels: Sequence[int] | None = None) -> None:
         self.clips, self.tensors, self.kind = list(clips), list(tensors), kind
+        self.labels = list(labels) if labels is not None else [c.label for c in self.clips]
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
-        return self.tensors[index], self.clips[index].label, index
+        return self.tensors[index], self.labels[index], index
 
 
 def collate_waveforms(items: list[tuple[Tensor, int, int]]) -> dict[str, Tensor]:
@@ -67,6 +72,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
     `feature_lengths`; with `train_waveforms` too, TRAIN batches stay waveforms, for the model to augment.
 
     `fold` (0..5 on FSDD) picks a leave-one-speaker-out split instead (see metadata.loso_split).
+
+    `labeled_speakers` (null: every TRAIN clip is labeled) keeps all TRAIN clips but gives the clips of other
+    speakers the label UNLABELED (-1) in batches: semi-supervised training (SimCLR) learns from their audio,
+    supervised losses and metrics skip them. DEV/TEST keep their labels.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         download_url: str = FSDD_URL,
         cache_features: bool = True,
         fold: int | None = None,
+        labeled_speakers: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -129,12 +139,15 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             key = waveform_key + getattr(self.featurizer, "cache_key", repr(self.featurizer))
             features = self._cached(key, lambda: featurize_all(self.featurizer, waveforms))
             by_kind["features"] = dict(zip((c.identifier for c in used), features))
+        labeled = resolve_labeled_speakers(self.splits["TRAIN"], _as_list(hp.labeled_speakers))
         self.datasets = {}
         for name, split in self.splits.items():
             raw = self.featurizer is None or (name == "TRAIN" and self.train_waveforms)
             kind = "waveform" if raw else "features"
-            self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind)
-        log.info("Splits: %s", {name: len(ds) for name, ds in self.datasets.items()})
+            labels = [c.label if c.speaker in labeled else UNLABELED for c in split] if name == "TRAIN" else None
+            self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels)
+        log.info("Splits: %s; TRAIN labels from %s (%d clips)", {name: len(ds) for name, ds in self.datasets.items()},
+                 sorted(labeled), sum(label != UNLABELED for label in self.datasets["TRAIN"].labels))
 
     def _waveform_key(self, clips: Sequence[Clip]) -> str:
         digest = hashlib.sha256(f"v{CACHE_VERSION}|{self.hparams.sample_rate}".encode())
@@ -217,4 +230,6 @@ def _unflatten(blob: dict[str, Tensor]) -> list[Tensor]:
 
 
 def _as_list(value) -> list[str] | None:
+    if isinstance(value, str):  # data.labeled_speakers=george means [george], not its letters
+        return [value]
     return None if value is None else [str(v) for v in value]

@@ -12,6 +12,8 @@ from sdr_lightning.errors import DataError
 METADATA_FILENAME = "SDR_metadata.tsv"
 REQUIRED_COLUMNS = ("identifier", "speaker", "split", "label", "file")
 SPLIT_NAMES = ("TRAIN", "DEV", "TEST")
+# The label an unlabeled TRAIN clip carries in batches (data.labeled_speakers); losses and metrics skip it.
+UNLABELED = -1
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,21 @@ def select_splits(
             f"to do it anyway."
         )
     return splits
+
+
+def resolve_labeled_speakers(train: Sequence[Clip], names: Sequence[str] | None) -> set[str]:
+    """The TRAIN speakers whose labels training may use: `names`, checked against TRAIN, or all of them."""
+    present = sorted({c.speaker for c in train})
+    if names is None:
+        return set(present)
+    if not names:
+        raise DataError("data.labeled_speakers=[] leaves no labeled clip; name at least one TRAIN speaker, or set "
+                        "data.labeled_speakers=null to label every TRAIN clip.")
+    outside = sorted(set(names) - set(present))
+    if outside:
+        raise DataError(f"data.labeled_speakers: speaker(s) {outside} are not in TRAIN {present}; name TRAIN speakers "
+                        "only (evaluation speakers never lend labels or audio to training), or set it to null.")
+    return set(names)
 
 
 def loso_split(speakers: Sequence[str], fold: int) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from sdr_lightning.augment import AugmentationPipeline
+from sdr_lightning.data.metadata import UNLABELED
 from sdr_lightning.errors import ConfigError
 
 NUM_CLASSES = 10
@@ -59,7 +60,8 @@ class DigitClassifier(pl.LightningModule):
         self.augmentation = AugmentationPipeline(augment)
         self.encoder: nn.Module
         self.head: nn.Module
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # Unlabeled TRAIN clips (data.labeled_speakers) carry UNLABELED; supervised_loss also drops them itself.
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=UNLABELED)
         self.train_metrics = split_metrics("train/", num_classes)
         self.val_metrics = split_metrics("val/", num_classes)
         self.test_metrics = split_metrics("test/", num_classes)
@@ -108,11 +110,27 @@ class DigitClassifier(pl.LightningModule):
         return self.encoder(*self.augmented_features(batch))
 
     # ---- shared steps ----
+    def supervised_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross entropy over the labeled clips; a batch without any gives 0 (not NaN, as a mean over none would)."""
+        labeled = labels != UNLABELED
+        if not labeled.any():
+            return logits.sum() * 0.0  # keeps the graph, so every parameter still gets a (zero) gradient
+        return self.criterion(logits[labeled], labels[labeled])
+
+    @staticmethod
+    def update_metrics(metrics: MetricCollection, loss_metric: MeanMetric, logits: Tensor, labels: Tensor,
+                       loss: Tensor) -> None:
+        """Accuracy, F1 and the mean loss over the labeled clips only."""
+        labeled = labels != UNLABELED
+        count = int(labeled.sum())
+        if count:
+            loss_metric.update(loss.detach(), weight=count)
+            metrics.update(logits.detach()[labeled], labels[labeled])
+
     def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:
         logits = self.head(self.embed(batch))
-        loss = self.criterion(logits, batch["label"])
-        loss_metric.update(loss.detach(), weight=len(batch["label"]))
-        metrics.update(logits.detach(), batch["label"])
+        loss = self.supervised_loss(logits, batch["label"])
+        self.update_metrics(metrics, loss_metric, logits, batch["label"], loss)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

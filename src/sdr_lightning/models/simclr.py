@@ -1,16 +1,32 @@
 """SimCLR: an encoder trained with NT-Xent on two augmented views of each clip, judged by a linear probe.
 
 A view is the model's own augmentations (`augment=...`: waveform ones redrawn per view, then the featurizer
-and spectrogram ones) followed by the `views` SpecAugment masks, so `augment=[speed,pitch]` adds speaker-like
-variation to the contrastive pairs.
+and spectrogram ones) followed by the `views` SpecAugment masks, so `augment=[speed,fade,crop]` makes the
+contrastive pairs differ in speaker-like and timing ways the digit does not depend on.
 
-During fit an online probe (a linear head on detached embeddings) tracks `val/acc` for checkpointing.
-For validate/test after fit, the probe is refit on frozen embeddings of the training clips (logistic
-regression), so the reported accuracy is a true linear probe of the pretrained encoder.
+Labels may be scarce (`data.labeled_speakers`): the contrastive loss uses every TRAIN clip, anything supervised
+only the labeled ones (unlabeled clips carry label -1). Three ways to use the labels, by two weights:
+
+- `supervised_weight: 0` (pure SimCLR): an online probe, a linear head on detached embeddings, tracks
+  `val/acc` for checkpointing; no label reaches the encoder.
+- `supervised_weight > 0` (joint training, as CLAR, Al-Tahan and Mohsenzadeh 2021): the head's cross entropy
+  on the labeled clips of both views flows into the encoder, added to the contrastive loss.
+- `contrastive_weight: 0` with `supervised_weight > 0`: plain supervised training of the same encoder on the
+  same views (the baseline to compare with); `pretrained=<SimCLR checkpoint>` makes it a fine-tune.
+
+With `refit_probe` (the default), validate/test after fit refit the head as a logistic regression on frozen
+embeddings of the labeled TRAIN clips, so the reported accuracy is a true linear probe of the encoder;
+`refit_probe: false` evaluates the trained head as it is (for joint or supervised training).
+
+`train/embedding_std` guards against collapse: the per-dimension spread of the L2-normalised embeddings times
+sqrt(dim), about 1 for vectors spread evenly over the sphere and 0 when every clip maps to the same point.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +37,17 @@ from hydra.utils import instantiate
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from sdr_lightning.augment import SpecAugment
+from sdr_lightning.data.metadata import UNLABELED
+from sdr_lightning.errors import ConfigError
 from sdr_lightning.models.classifier import DigitClassifier
+
+log = logging.getLogger(__name__)
+
+# Below this train/embedding_std the embeddings have (nearly) collapsed to one point: warn.
+COLLAPSE_THRESHOLD = 0.05
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
@@ -36,39 +60,107 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(similarity, targets)
 
 
+def embedding_spread(x: Tensor) -> Tensor:
+    """Mean per-dimension std of the L2-normalised rows, times sqrt(dim): ~1 spread out, 0 collapsed."""
+    if len(x) < 2:
+        return x.new_ones(())
+    return F.normalize(x.detach().float(), dim=1).std(dim=0).mean() * math.sqrt(x.shape[1])
+
+
 class SimCLR(DigitClassifier):
     def __init__(
         self,
         backbone: dict[str, Any],
-        views: dict[str, Any],
+        views: dict[str, Any] | None = None,
         projection_dim: int = 128,
         temperature: float = 0.1,
         probe_regularization: float = 1.0,
+        supervised_weight: float = 0.0,
+        contrastive_weight: float = 1.0,
+        refit_probe: bool = True,
+        pretrained: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        for key, value in (("supervised_weight", supervised_weight), ("contrastive_weight", contrastive_weight)):
+            if value < 0:
+                raise ConfigError(f"model.{key}={value}; use a weight >= 0 (0 switches that loss off).")
+        if supervised_weight == 0 and contrastive_weight == 0:
+            raise ConfigError("model.supervised_weight and model.contrastive_weight are both 0, so nothing trains "
+                              "the encoder; set contrastive_weight > 0 (SimCLR) or supervised_weight > 0 (supervised).")
+        if temperature <= 0:
+            raise ConfigError(f"model.temperature={temperature}; NT-Xent needs a temperature > 0, e.g. 0.5.")
         self.encoder = instantiate(backbone, n_mels=self.featurizer.n_mels)
         width = self.encoder.output_dim
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection_dim))
-        self.view = SpecAugment(**views)
+        self.view = SpecAugment(**views) if views else None  # null: the model's augmentations alone
+        self.embedding_std = MeanMetric()
         self.attach_head()
 
+    @property
+    def joint(self) -> bool:
+        """Whether the supervised loss trains the encoder (else the head is a detached online probe)."""
+        return self.hparams.supervised_weight > 0
+
     def contrastive_view(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return self.view(*self.augmented_features(batch))
+        features, frames = self.augmented_features(batch)
+        return self.view(features, frames) if self.view is not None else (features, frames)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        labels = batch["label"]
         h1 = self.encoder(*self.contrastive_view(batch))
-        h2 = self.encoder(*self.contrastive_view(batch))
-        contrastive = nt_xent(self.projector(h1), self.projector(h2), self.hparams.temperature)
-        logits = self.head(h1.detach())  # online probe: no gradient reaches the encoder
-        probe_loss = self.criterion(logits, batch["label"])
-        self.train_loss.update(probe_loss.detach(), weight=len(logits))
-        self.train_metrics.update(logits.detach(), batch["label"])
-        self.log("train/contrastive_loss", contrastive, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
-        return contrastive + probe_loss
+        hidden, targets = h1, labels
+        loss = h1.new_zeros(())
+        if hp.contrastive_weight > 0:
+            h2 = self.encoder(*self.contrastive_view(batch))
+            contrastive = nt_xent(self.projector(h1), self.projector(h2), hp.temperature)
+            loss = loss + hp.contrastive_weight * contrastive
+            self.log("train/contrastive_loss", contrastive, on_step=False, on_epoch=True, prog_bar=True)
+            if self.joint:  # both views are labeled examples
+                hidden, targets = torch.cat([h1, h2]), torch.cat([labels, labels])
+        # Joint: gradient into the encoder. Otherwise an online probe: no gradient reaches the encoder.
+        logits = self.head(hidden if self.joint else hidden.detach())
+        supervised = self.supervised_loss(logits, targets)
+        loss = loss + (hp.supervised_weight if self.joint else 1.0) * supervised
+        self.update_metrics(self.train_metrics, self.train_loss, logits, targets, supervised)
+        self.embedding_std.update(embedding_spread(h1), weight=len(h1))
+        self.log("train/embedding_std", self.embedding_std, on_step=False, on_epoch=True)
+        if (labels != UNLABELED).any():  # an epoch of unlabeled batches only has no accuracy to log
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
 
+    def on_train_epoch_end(self) -> None:
+        spread = float(self.embedding_std.compute())  # before Lightning resets it for the next epoch
+        if spread < COLLAPSE_THRESHOLD:
+            log.warning("SimCLR embeddings have collapsed (train/embedding_std %.3f < %.2f): every clip maps to "
+                        "nearly the same point. Try a higher model.temperature, a lower model.optimizer.lr or "
+                        "weaker views.", spread, COLLAPSE_THRESHOLD)
+
+    # ---- pretrained weights (fine-tuning) ----
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
+        if stage == "fit" and self.hparams.pretrained:
+            self.load_pretrained(self.hparams.pretrained)
+
+    def load_pretrained(self, path: str) -> None:
+        """Copy the encoder and projector of a SimCLR checkpoint (the featurizer and head stay as built)."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"model.pretrained={path}: no such checkpoint; give a .ckpt of a SimCLR run, or null.")
+        state = torch.load(file, map_location="cpu", weights_only=True).get("state_dict", {})
+        for name in ("encoder", "projector"):
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
+            try:
+                getattr(self, name).load_state_dict(part)
+            except RuntimeError as err:
+                raise ConfigError(f"model.pretrained={path}: its {name} does not match this model's "
+                                  f"(model/backbone and model.projection_dim must be the pretrained run's): "
+                                  f"{str(err).splitlines()[0]}") from err
+        log.info("Encoder and projector initialised from %s", file)
+
+    # ---- the linear probe ----
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
             self.fit_probe(self.trainer.datamodule)
@@ -80,7 +172,32 @@ class SimCLR(DigitClassifier):
         self.fit_probe(datamodule)
 
     def fit_probe(self, datamodule: pl.LightningDataModule) -> None:
-        """Logistic regression on frozen embeddings of the (unaugmented) training clips, copied into the head."""
+        """Logistic regression on frozen embeddings of the labeled (unaugmented) training clips, copied into
+        the head. A no-op with refit_probe=false: the trained head is evaluated instead."""
+        if not self.hparams.refit_probe:
+            return
+        embeddings, labels = self.train_embeddings(datamodule)
+        labeled = labels != UNLABELED
+        if not labeled.any():
+            raise ConfigError("The linear probe has no labeled TRAIN clip to fit on; check data.labeled_speakers.")
+        x = embeddings[labeled].double().numpy()
+        y = labels[labeled].numpy()
+        log.info("Linear probe: %d labeled of %d TRAIN clips; embedding std %.3f", len(y), len(labels),
+                 float(embedding_spread(embeddings)))
+        scaler = StandardScaler().fit(x)
+        probe = LogisticRegression(C=self.hparams.probe_regularization, max_iter=2000)
+        probe.fit(scaler.transform(x), y)
+        # Fold the scaler into the linear layer: w' = w / s, b' = b - w' . m
+        coef = np.zeros((self.hparams.num_classes, x.shape[1]))
+        bias = np.full(self.hparams.num_classes, -1e4)  # classes absent from training are never predicted
+        coef[probe.classes_] = probe.coef_ / scaler.scale_
+        bias[probe.classes_] = probe.intercept_ - coef[probe.classes_] @ scaler.mean_
+        with torch.inference_mode(False), torch.no_grad():  # called inside Lightning's test loop too
+            self.head.weight.copy_(torch.as_tensor(coef, dtype=self.head.weight.dtype))
+            self.head.bias.copy_(torch.as_tensor(bias, dtype=self.head.bias.dtype))
+
+    def train_embeddings(self, datamodule: pl.LightningDataModule) -> tuple[Tensor, Tensor]:
+        """Encoder outputs (eval mode, no augmentation) of every TRAIN clip, and their batch labels."""
         with torch.inference_mode(False), torch.no_grad():
             was_training = self.training
             self.eval()
@@ -90,15 +207,4 @@ class SimCLR(DigitClassifier):
                 embeddings.append(self.embed(batch).cpu())
                 labels.append(batch["label"].cpu())
             self.train(was_training)
-            x = torch.cat(embeddings).double().numpy()
-            y = torch.cat(labels).numpy()
-            scaler = StandardScaler().fit(x)
-            probe = LogisticRegression(C=self.hparams.probe_regularization, max_iter=2000)
-            probe.fit(scaler.transform(x), y)
-            # Fold the scaler into the linear layer: w' = w / s, b' = b - w' . m
-            coef = np.zeros((self.hparams.num_classes, x.shape[1]))
-            bias = np.full(self.hparams.num_classes, -1e4)  # classes absent from training are never predicted
-            coef[probe.classes_] = probe.coef_ / scaler.scale_
-            bias[probe.classes_] = probe.intercept_ - coef[probe.classes_] @ scaler.mean_
-            self.head.weight.copy_(torch.as_tensor(coef, dtype=self.head.weight.dtype))
-            self.head.bias.copy_(torch.as_tensor(bias, dtype=self.head.bias.dtype))
+        return torch.cat(embeddings), torch.cat(labels)

@@ -165,7 +165,7 @@ def test_presets_compose_as_documented(make_cfg) -> None:
     assert list(supervised.data.train_speakers) == ["george"] and supervised.model.contrastive_weight == 0
     assert best.model.augment == supervised.model.augment and best.model.views == supervised.model.views
     assert best.model.backbone == supervised.model.backbone
-    assert list(best.model.augment.waveform) == ["speed", "fade", "noise"]
+    assert list(best.model.augment.waveform) == ["speed", "pitch", "fade", "noise"]
     assert list(best.model.augment.spectrogram) == ["freq_warp", "crop"]
     study = make_cfg("experiment=study_simclr_george")
     assert study.model.supervised_weight == 0 and study.model.refit_probe and not study.model.get("augment")

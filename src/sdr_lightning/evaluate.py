@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -109,11 +110,8 @@ def log_misclassified(writer: SummaryWriter, predictions: Predictions, clips: Se
 
 def run_eval(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
     """Load a checkpoint with its run's saved config and evaluate it on `cfg.splits` or `cfg.speakers`."""
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file; give a .ckpt from a run's checkpoints/.")
-    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else ckpt.parent.parent
-    run_cfg = load_run_config(run_dir)
+    model, run_cfg, ckpt = load_checkpoint(cfg.ckpt_path, cfg.get("run_dir"))
+    model_class = type(model)
     # The run's paths are re-resolved here (SDR_DATA_DIR etc. of this machine), as is its data folder.
     with open_dict(run_cfg):
         run_cfg.paths = cfg.paths
@@ -127,8 +125,6 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
             splits = {"+".join(speakers): "TEST"}
 
     datamodule = instantiate(run_cfg.data, _convert_="all")
-    model_class = get_class(run_cfg.model._target_)
-    model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     datamodule.use_featurizer(model.featurizer, train_waveforms=False)  # evaluation never augments
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -156,12 +152,29 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
     return summary
 
 
+def load_checkpoint(ckpt_path: str | Path, run_dir: str | Path | None = None) -> tuple[Any, DictConfig, Path]:
+    """A run's checkpoint as its own model class (`model._target_` of the run's saved config), on the CPU, with
+    that config and the checkpoint's resolved path. `run_dir` null: the checkpoint's <run>/checkpoints/.. folder.
+    Used by eval.py, predict.py and export.py."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt from a run's checkpoints/.")
+    run_cfg = load_run_config(Path(run_dir) if run_dir else ckpt.parent.parent)
+    model_class = get_class(run_cfg.model._target_)
+    try:
+        model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:  # truncated, foreign or mismatched
+        raise ConfigError(f"ckpt_path={ckpt_path}: cannot load it as a {model_class.__name__} checkpoint "
+                          f"({str(err).splitlines()[0]}); give a .ckpt written by that training run.") from err
+    return model, run_cfg, ckpt
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(
-            f"{path} not found: eval.py reads the training run's saved config. Keep the checkpoint inside its run "
-            f"folder (<run>/checkpoints/*.ckpt), or name that folder with run_dir=<run>."
+            f"{path} not found: the model class and its settings come from the training run's saved config. Keep "
+            f"the checkpoint inside its run folder (<run>/checkpoints/*.ckpt), or name that folder with run_dir=<run>."
         )
     return OmegaConf.load(path)
 

@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 
 from sdr_lightning.errors import ConfigError, SdrError
 from sdr_lightning.evaluate import evaluate_model
+from sdr_lightning.launch import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,56 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     datamodule.use_featurizer(model.featurizer, train_waveforms=model.needs_waveforms)
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                           logger=instantiate_group(cfg.get("logger")) or False, _convert_="all")
+    check_launch(trainer)
+    compile_encoder(model, cfg.get("compile"))
     return datamodule, model, trainer
 
 
+def compile_encoder(model: pl.LightningModule, options: DictConfig | None) -> None:
+    """`compile.enabled`: torch.compile the encoder, where the FLOPs are, with the other `compile.*` keys as
+    torch.compile's arguments. Compiled in place (nn.Module.compile), so the weights keep their names and
+    checkpoints load into an uncompiled model."""
+    if not options or not options.get("enabled"):
+        return
+    kwargs = {k: v for k, v in OmegaConf.to_container(options).items() if k != "enabled" and v is not None}
+    model.encoder.compile(**kwargs)
+
+
+def check_launch(trainer: pl.Trainer) -> None:
+    """Lightning's DDP starts ranks 1.. by re-running this script with its command line; in a Hydra multirun
+    that command line is the whole sweep, so every rank would run every job. ddp_spawn/ddp_fork train in child
+    processes and hand back only the weights, so this process could not evaluate or report on its own."""
+    launcher = trainer.strategy.launcher
+    if isinstance(launcher, _MultiProcessingLauncher):
+        raise ConfigError("trainer.strategy=ddp_spawn (or ddp_fork, ddp_notebook) is not supported: the final "
+                          "evaluation and reports need the ranks' state in this process. Use trainer=ddp.")
+    if not isinstance(launcher, _SubprocessScriptLauncher):
+        return  # one process, or processes started by the cluster (SLURM tasks, torchrun)
+    if in_multirun():
+        raise ConfigError(
+            "trainer.strategy=ddp cannot run inside a multirun (-m, hydra/launcher, hparams_search): each DDP rank "
+            "would re-run the whole sweep. Run DDP jobs one at a time without -m, or on SLURM with "
+            "hydra/launcher=slurm, where SLURM starts one task per device (tasks_per_node follows trainer.devices).")
+
+
+def check_ckpt_path(ckpt_path: str | None) -> None:
+    """Fail before any work when `ckpt_path` names a local file that is not there (Lightning's keywords and
+    remote URLs are left to Lightning)."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in ckpt_path or ckpt_path.startswith("registry"):
+        return
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file. Give a .ckpt file, `last` (this run's "
+                          f"last.ckpt), or resume a whole run with resume_dir=<run directory>.")
+
+
 def run(cfg: DictConfig) -> float | None:
+    check_ckpt_path(str(cfg.ckpt_path) if cfg.get("ckpt_path") else None)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    # parallel jobs (hydra/launcher=joblib) each get cores / n_jobs threads, via OMP_NUM_THREADS
+    log.info("torch uses %d CPU threads", torch.get_num_threads())
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -78,6 +123,9 @@ def run(cfg: DictConfig) -> float | None:
         "best_checkpoint": best,
         "model": type(model).__name__,
     }
+    if trainer.strategy.root_device.type == "cuda":  # peak of the whole run, this process (benchmarks/peak_memory.py)
+        metrics["gpu_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(trainer.strategy.root_device)
+                                                       / 2**20, 1)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

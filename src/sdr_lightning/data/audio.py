@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import soundfile
 import torch
 import torchaudio.functional as AF
@@ -14,14 +15,22 @@ SAMPLE_RATE = 8000
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Decode `path` (any format libsndfile reads), downmix to mono and resample: a 1-D float32 tensor."""
+    """Decode `path` (any format libsndfile reads: wav as 8/16/24/32-bit integer or float, flac, ogg, ...),
+    average its channels to mono and resample it to `sample_rate`: a 1-D float32 tensor, integer formats scaled
+    to [-1, 1). Raises DataError naming the file if it is missing, not audio, corrupt, empty or non-finite."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"Audio file {path} does not exist (or is not a file); check the path.")
     try:
-        samples, source_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError, OSError) as err:
-        raise DataError(f"Cannot read audio file {path}: {err}. Replace it with a readable wav/flac file.") from err
+        samples, source_rate = soundfile.read(str(file), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as err:
+        reason = str(err).rstrip(".")
+        raise DataError(f"Cannot read audio file {path}: {reason}. Replace it with a readable wav/flac file.") from err
     if samples.shape[0] == 0:
         raise DataError(f"Audio file {path} holds no samples; remove it or replace it with a real recording.")
-    waveform = torch.from_numpy(samples).mean(dim=1)
+    if not np.isfinite(samples).all():  # a float wav can hold NaN/Inf; they would turn every feature into NaN
+        raise DataError(f"Audio file {path} holds NaN or infinite samples; replace it with a clean recording.")
+    waveform = torch.from_numpy(samples).mean(dim=1)  # downmix first: resampling one channel is cheaper
     if source_rate != sample_rate:
         waveform = AF.resample(waveform, source_rate, sample_rate)
     return waveform.contiguous()

@@ -5,18 +5,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sdr_lightning.data.audio import load_audio
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
 from sdr_lightning.data.metadata import (METADATA_FILENAME, UNLABELED, Clip, check_files_exist, read_metadata,
                                          resolve_labeled_speakers, select_splits)
+from sdr_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +32,48 @@ _MEMORY_CACHE: dict[str, list[Tensor]] = {}
 class ClipDataset(Dataset):
     """Items of one split: the clip's tensor (`kind`: "waveform" or "features") and its label.
 
-    `labels` overrides the clips' own labels (UNLABELED for clips whose label training may not use)."""
+    `labels` overrides the clips' own labels (UNLABELED for clips whose label training may not use).
+
+    The split is also held as one padded tensor, so the DataLoader takes a whole batch with one `index_select`
+    (`__getitems__`) instead of padding clip by clip: that per-clip loop was 17% of the linear model's step."""
 
     def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor], kind: str = "waveform",
                  labels: Sequence[int] | None = None) -> None:
         self.clips, self.tensors, self.kind = list(clips), list(tensors), kind
         self.labels = list(labels) if labels is not None else [c.label for c in self.clips]
+        self.key, self.length_key = BATCH_KEYS[kind]
+        if self.tensors:
+            whole = _pad_batch([(t, label, i) for i, (t, label) in enumerate(zip(self.tensors, self.labels))],
+                               self.key, self.length_key)
+            self.padded, self.lengths, self.label_tensor = whole[self.key], whole[self.length_key], whole["label"]
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         return self.tensors[index], self.labels[index], index
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        """A whole batch, padded to its longest clip (what `collate_waveforms`/`collate_features` would build)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[index]
+        return {
+            self.key: self.padded[..., : int(lengths.max())].index_select(0, index),
+            self.length_key: lengths,
+            "label": self.label_tensor[index],
+            "index": index,
+        }
+
+
+BATCH_KEYS = {"waveform": ("waveform", "lengths"), "features": ("features", "feature_lengths")}
+
+
+def collate_batch(batch: dict[str, Tensor] | list[tuple[Tensor, int, int]]) -> dict[str, Tensor]:
+    """The DataLoader's collate: a batch from `ClipDataset.__getitems__` is ready; a list of items is padded."""
+    if isinstance(batch, dict):
+        return batch
+    kind = "features" if batch[0][0].dim() > 1 else "waveform"
+    return _pad_batch(batch, *BATCH_KEYS[kind])
 
 
 def collate_waveforms(items: list[tuple[Tensor, int, int]]) -> dict[str, Tensor]:
@@ -121,6 +155,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         if self.hparams.download and not (self.data_dir / METADATA_FILENAME).is_file():
             log.info("No %s in %s: fetching FSDD from %s", METADATA_FILENAME, self.data_dir, self.hparams.download_url)
             prepare_fsdd(self.data_dir, url=self.hparams.download_url)
+        if self.cache_dir is not None:
+            # Lightning calls prepare_data in one process per node: it decodes (and featurizes) once and fills the
+            # disk cache, which the other DDP ranks' setup() then reads instead of all writing it at once.
+            self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -133,11 +171,13 @@ class SpokenDigitDataModule(pl.LightningDataModule):
                       key=lambda c: c.identifier)
         check_files_exist(used)
         waveform_key = self._waveform_key(used)
-        waveforms = self._cached(waveform_key, lambda: [load_audio(c.path, hp.sample_rate) for c in used])
+        waveforms = self._cached(waveform_key, lambda: decode_all(used, hp.sample_rate, self.data_dir))
         by_kind = {"waveform": dict(zip((c.identifier for c in used), waveforms))}
         if self.featurizer is not None:
             key = waveform_key + getattr(self.featurizer, "cache_key", repr(self.featurizer))
-            features = self._cached(key, lambda: featurize_all(self.featurizer, waveforms))
+            # On the trainer's accelerator (the GPU when training on one); the features are then kept on the CPU.
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            features = self._cached(key, lambda: featurize_all(self.featurizer, waveforms, device=device))
             by_kind["features"] = dict(zip((c.identifier for c in used), features))
         labeled = resolve_labeled_speakers(self.splits["TRAIN"], _as_list(hp.labeled_speakers))
         self.datasets = {}
@@ -172,46 +212,81 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         tensors = compute()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            # A temporary name of its own, so processes sharing the cache (DDP ranks, parallel jobs) never clash.
+            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".tmp")
+            os.close(handle)
             torch.save(_flatten(tensors), tmp)
-            tmp.replace(path)
+            os.replace(tmp, path)
         _MEMORY_CACHE[key] = tensors
         return tensors
 
-    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def dataloader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
         dataset = self.datasets[split]
         train = split == "TRAIN" and shuffle
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size if train else self.hparams.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.hparams.batch_size,  # no 1-clip batch for batch norm
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=self.hparams.pin_memory,
-            collate_fn=collate_features if dataset.kind == "features" else collate_waveforms,
+            collate_fn=collate_batch,
         )
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("TRAIN", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.dataloader("DEV")
+        return self._evaluation_dataloader("DEV")
 
     def test_dataloader(self) -> DataLoader:
-        return self.dataloader("TEST")
+        return self._evaluation_dataloader("TEST")
+
+    def _evaluation_dataloader(self, split: str) -> DataLoader:
+        """Under DDP, each rank gets a disjoint share of the split, none repeated: Lightning's default
+        DistributedSampler pads the shares with duplicate clips, which skews the synced accuracy."""
+        sharding = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        sampler = None
+        if sharding and sharding.get("num_replicas", 1) > 1:
+            sampler = UnrepeatedDistributedSampler(self.datasets[split], shuffle=False, **sharding)
+        return self.dataloader(split, sampler=sampler)
+
+
+def decode_all(clips: Sequence[Clip], sample_rate: int, data_dir: Path) -> list[Tensor]:
+    """Every clip's waveform (mono, at `sample_rate`); all unusable clips reported in one DataError.
+
+    load_audio resamples other rates and downmixes stereo, and the featurizer pads clips shorter than one FFT
+    window, so only unreadable, empty or non-finite files stop the run, and all of them are named at once."""
+    waveforms, problems = [], []
+    for clip in clips:
+        try:
+            waveforms.append(load_audio(clip.path, sample_rate))
+        except DataError as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise DataError(f"{problems[0]} Or remove its row from {data_dir / METADATA_FILENAME}.")
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(f"{len(problems)} of the {len(clips)} clips listed in {data_dir / METADATA_FILENAME} cannot be "
+                        f"used; replace them or remove their rows:\n{shown}{more}")
+    return waveforms
 
 
 @torch.no_grad()
-def featurize_all(featurizer: nn.Module, waveforms: Sequence[Tensor], batch_size: int = 256) -> list[Tensor]:
-    """Each waveform's features, unpadded; batched over clips of similar length."""
-    featurizer = copy.deepcopy(featurizer).cpu().eval()
+def featurize_all(featurizer: nn.Module, waveforms: Sequence[Tensor], batch_size: int = 256,
+                  device: torch.device | str = "cpu") -> list[Tensor]:
+    """Each waveform's features, unpadded, as CPU tensors; computed on `device` in batches of similar lengths."""
+    featurizer = copy.deepcopy(featurizer).to(device).eval()
     order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[-1])
     out: list[Tensor | None] = [None] * len(waveforms)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = collate_waveforms([(waveforms[i], 0, 0) for i in chunk])
-        features, frames = featurizer(batch["waveform"], batch["lengths"])
+        features, frames = featurizer(batch["waveform"].to(device), batch["lengths"].to(device))
+        features, frames = features.cpu(), frames.cpu()  # one transfer per batch, not per clip
         for i, feature, n in zip(chunk, features, frames):
             out[i] = feature[:, :n].clone()
     return out  # type: ignore[return-value]

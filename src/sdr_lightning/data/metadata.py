@@ -45,6 +45,11 @@ def read_metadata(data_dir: str | Path, filename: str = METADATA_FILENAME) -> li
         seen: set[str] = set()
         for line_no, row in enumerate(reader, start=2):
             where = f"{path}, line {line_no}"
+            # a short row leaves its last fields None; an empty one leaves ""; both would name no clip or speaker
+            empty = [column for column in REQUIRED_COLUMNS if not (row[column] or "").strip()]
+            if empty:
+                raise DataError(f"{where}: no value in column(s) {empty}; every row needs {list(REQUIRED_COLUMNS)} "
+                                f"(tab-separated).")
             identifier = row["identifier"].strip()
             if identifier in seen:
                 raise DataError(f"{where}: duplicate identifier {identifier!r}; every clip must be listed once.")

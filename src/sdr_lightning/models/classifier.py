@@ -149,7 +149,8 @@ class DigitClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_metrics["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+        # The same value on every DDP rank (val/acc is synced); sync_dist keeps Lightning's check satisfied.
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False, sync_dist=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_metrics, self.test_loss)

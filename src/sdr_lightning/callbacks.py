@@ -1,0 +1,96 @@
+"""Lightning callbacks for robust training: exact resume (RNG states in checkpoints) and a clean stop on a
+non-finite training loss. Both are listed in conf/callbacks/default.yaml."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from torch import Tensor
+
+from sdr_lightning.errors import SdrError
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(SdrError):
+    """Training produced a NaN or infinite loss and was stopped."""
+
+
+class RngStateCheckpoint(Callback):
+    """Stores the global random generators (torch CPU and CUDA, numpy, Python) in every checkpoint and restores
+    them when training resumes from one.
+
+    Lightning restores weights, optimizer, scheduler and loop counters but not these generators, so after a
+    resume the shuffling (the train DataLoader draws its permutation from torch's generator), augmentations and
+    dropout would draw differently from the uninterrupted run. Lightning calls `load_state_dict` before it
+    builds the train DataLoader's iterator, and isolates the sanity check's draws, so a run resumed from an
+    end-of-epoch checkpoint replays the uninterrupted run exactly (on CPU; see README, Reproducibility).
+    Every value is a tensor, number or tuple, so checkpoints still load with `torch.load(weights_only=True)`.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        states: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        elif cuda is not None:  # e.g. a GPU checkpoint resumed on CPU: the CPU-side draws still replay
+            log.warning("Checkpoint holds %d CUDA generator state(s); this machine has %d GPU(s): not restored.",
+                        len(cuda), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first step whose training loss is NaN or infinite, before that step's backward pass
+    and optimizer update, with one message naming the epoch, the step and the last checkpoint saved before it.
+
+    Raises NonFiniteLossError (an SdrError, so train.py prints it without a traceback). Lightning then finalises
+    the loggers and leaves every checkpoint already written in place. Under DDP the decision is shared, so all
+    ranks stop together. The check costs one device-to-host sync per step.
+    """
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
+        value = loss.detach().float().cpu()
+        shown = "NaN" if value.isnan().any() else "infinite"
+        where = (f"epoch {trainer.current_epoch}, global step {trainer.global_step} "
+                 f"(batch {trainer.fit_loop.epoch_loop.batch_idx} of the epoch)")
+        raise NonFiniteLossError(
+            f"the training loss is {shown} at {where}; training stopped before that step changed the weights. "
+            f"{_last_checkpoint_note(trainer)} Lower model.optimizer.lr, set trainer.gradient_clip_val, "
+            f"or check the TRAIN clips of that batch.")
+
+
+def _last_checkpoint_note(trainer: pl.Trainer) -> str:
+    """Where the newest checkpoint of this run is (the state to resume from or inspect), or that there is none."""
+    paths = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            paths += [callback.last_model_path, callback.best_model_path]
+    existing = [Path(p) for p in paths if p and Path(p).is_file()]
+    if not existing:
+        return "No checkpoint was saved before it (the loss went non-finite in the first epoch)."
+    newest = max(existing, key=lambda p: p.stat().st_mtime_ns)
+    return f"The last checkpoint saved before it is {newest} (resume from it with ckpt_path={newest})."

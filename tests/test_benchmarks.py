@@ -1,0 +1,95 @@
+"""The speed benchmarks run end to end on the tiny synthetic dataset (their figures are not checked: no timing here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = ["feature_extraction", "train_throughput", "time_to_accuracy", "peak_memory"]
+
+
+@pytest.fixture(autouse=True)
+def lightning_log_levels(monkeypatch: pytest.MonkeyPatch):
+    """The scripts quiet Lightning's loggers for a clean table; later tests read those logs (caplog)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _common import QUIET_LOGGERS
+
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/<name>.py` does, for `_common`
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help(name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load(name, monkeypatch).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--repeats" in capsys.readouterr().out
+
+
+def test_feature_extraction(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "features.json"
+    load("feature_extraction", monkeypatch).main(["--data", str(synthetic_data), "--repeats", "1",
+                                                  "--accelerator", "cpu", "--out", str(out)])
+    figures = json.loads(out.read_text())["figures"]
+    clips = len((synthetic_data / "SDR_metadata.tsv").read_text().splitlines()) - 1
+    assert figures["reference"]["clips"] == figures["cold"]["clips"] == figures["cached"]["clips"] == clips
+    assert figures["epoch"]["clips"] == figures["epoch_featurized"]["clips"] == 64  # 80 TRAIN clips, drop_last
+    assert figures["reference"]["ratio_to_reference"] == 1.0
+    assert all(f["clips_per_s"] > 0 for f in figures.values())
+
+
+def test_train_throughput(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "throughput.json"
+    load("train_throughput", monkeypatch).main(["--data", str(synthetic_data), "--models", "linear", "--epochs", "2",
+                                                "--out", str(out), "--", "data.batch_size=16",
+                                                "trainer.accelerator=cpu"])
+    figure = json.loads(out.read_text())["figures"]["linear"]
+    assert [epoch["clips"] for epoch in figure["epochs"]] == [80]  # the warm-up epoch is left out
+    assert 0.0 < figure["data_share"] <= figure["outside_steps_share"] < 1.0 and figure["clips_per_s"] > 0
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.01])
+def test_time_to_accuracy(threshold: float, synthetic_data: Path, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "time.json"
+    load("time_to_accuracy", monkeypatch).main(["--data", str(synthetic_data), "--preset", "best_linear",
+                                                "--threshold", str(threshold), "--seeds", "1", "--out", str(out),
+                                                "--", "trainer.max_epochs=3", "trainer.accelerator=cpu",
+                                                "data.batch_size=16"])
+    run = json.loads(out.read_text())["runs"][0]
+    if threshold == 0.0:  # stopped by EarlyStopping's stopping_threshold at the first validation
+        assert run["reached"] and run["epochs"] == 1 and run["epochs_run"] == 1
+        assert 0 < run["setup_s"] < run["seconds"] <= run["total_s"]
+    else:  # never reached: every epoch runs, and the best DEV accuracy is reported instead
+        assert not run["reached"] and run["seconds"] is None and run["epochs_run"] == 3
+        assert 0.0 <= run["best_acc"] <= 1.0
+
+
+def test_peak_rss_follows_allocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    peak_memory = load("peak_memory", monkeypatch)
+    allocate = [sys.executable, "-c", "import sys; block = bytearray(int(sys.argv[1]) * 2**20); block[::4096] = "
+                "b'x' * len(block[::4096])"]
+    small = peak_memory.peak_rss_mb([*allocate, "1"], {}, tmp_path / "small.log")
+    large = peak_memory.peak_rss_mb([*allocate, "300"], {}, tmp_path / "large.log")
+    assert 250 < large - small < 350
+    with pytest.raises(SystemExit, match="failed"):
+        peak_memory.peak_rss_mb([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path / "fail.log")

@@ -51,3 +51,33 @@ def test_hparams_hold_plain_values(model: pl.LightningModule) -> None:
 def test_nt_xent_prefers_matching_views() -> None:
     z = torch.randn(8, 16)
     assert nt_xent(z, z, 0.1) < nt_xent(z, torch.randn(8, 16), 0.1)
+
+
+def test_cnn_members_are_independent_models_averaged(make_cfg) -> None:
+    cfg = make_cfg("model=cnn", "model.members=3", "model.channels=16")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
+    batch = variable_length_batch()
+    with torch.no_grad():
+        features, frames = model.featurizer(batch["waveform"], batch["lengths"])
+        embedding = model.encoder(features, frames)
+        members = model.head(embedding)  # (B, members, classes)
+        logits = model(batch["waveform"], batch["lengths"])
+    assert embedding.shape == (4, 3 * 2 * 16) and members.shape == (4, 3, 10)
+    # the model's logits are the log of the members' mean probability
+    torch.testing.assert_close(logits.exp(), members.softmax(-1).mean(1))
+    # each member is its own CNN: member 0's loss gives no gradient to another member's weights
+    model.train()
+    model.head(model.encoder(features, frames))[:, 0].sum().backward()
+    block = model.encoder.blocks[0][0].weight.grad  # grouped conv: output channels member-major
+    assert block[:16].abs().sum() > 0 and block[16:].abs().sum() == 0
+    assert model.head.weight.grad[1:].abs().sum() == 0
+
+
+def test_cnn_members_training_step_averages_member_losses(make_cfg) -> None:
+    cfg = make_cfg("model=cnn", "model.members=2", "model.channels=8", "model.label_smoothing=0")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all")
+    batch = variable_length_batch()
+    batch["label"] = torch.tensor([1, 2, 3, 4])
+    outputs = model.head(model.embed(batch))
+    expected = torch.stack([torch.nn.functional.cross_entropy(outputs[:, m], batch["label"]) for m in range(2)]).mean()
+    torch.testing.assert_close(model.supervised_loss(outputs, batch["label"]), expected)

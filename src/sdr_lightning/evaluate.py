@@ -78,7 +78,7 @@ def predict_split(model: torch.nn.Module, datamodule, split: str, input_chunks: 
         batch = {k: v.to(model.device) for k, v in batch.items()}
         features, frames = model.batch_features(batch)
         hidden = model.encoder(features, frames)
-        probabilities.append(model.head(hidden).float().softmax(dim=-1).cpu())
+        probabilities.append(model.classify(hidden).float().softmax(dim=-1).cpu())
         embeddings.append(hidden.float().cpu())
         inputs.append(downsample_spectrogram(features, input_chunks, frames).float().cpu())
         order.append(batch["index"].cpu())

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.errors import ConfigError
+from sdr_lightning.models.classifier import combine_members
 from sdr_lightning.predict import hydra_command, load_model
 
 
@@ -51,7 +52,7 @@ class WaveformClassifier(nn.Module):
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
         waveform = nn.functional.pad(waveform, (0, self.pad))
         features, frames = self.featurizer(waveform, lengths)
-        return self.head(self.encoder(features, frames))
+        return combine_members(self.head(self.encoder(features, frames)))
 
 
 def check_batches(sample_rate: int, n_fft: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:

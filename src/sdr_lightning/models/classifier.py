@@ -7,9 +7,11 @@ keeps checkpoints loadable with `torch.load(weights_only=True)` and the class re
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -20,6 +22,30 @@ from sdr_lightning.data.metadata import UNLABELED
 from sdr_lightning.errors import ConfigError
 
 NUM_CLASSES = 10
+
+
+def combine_members(logits: Tensor) -> Tensor:
+    """(B, members, classes) logits of an ensemble head -> (B, classes) log of the members' mean probability;
+    (B, classes) logits pass through."""
+    if logits.dim() == 2:
+        return logits
+    return torch.logsumexp(logits.log_softmax(dim=-1), dim=1) - math.log(logits.shape[1])
+
+
+class MemberHeads(nn.Module):
+    """One linear classifier per ensemble member, each reading its own slice of the embedding:
+    (B, members * dim) -> (B, members, classes)."""
+
+    def __init__(self, members: int, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.members = members
+        bound = 1.0 / math.sqrt(dim)  # nn.Linear's default initialisation, per member
+        self.weight = nn.Parameter(torch.empty(members, dim, num_classes).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, num_classes).uniform_(-bound, bound))
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        x = embedding.reshape(embedding.shape[0], self.members, -1)
+        return torch.einsum("bmd,mdk->bmk", x, self.weight) + self.bias
 
 
 def split_metrics(prefix: str, num_classes: int = NUM_CLASSES) -> MetricCollection:
@@ -69,12 +95,20 @@ class DigitClassifier(pl.LightningModule):
         self.val_acc_best = MaxMetric()
 
     def attach_head(self) -> None:
-        self.head = nn.Linear(self.encoder.output_dim, self.hparams.num_classes)
+        members = getattr(self.encoder, "members", 1)
+        if members > 1:  # an ensemble encoder: one classifier per member, probabilities averaged
+            self.head = MemberHeads(members, self.encoder.output_dim // members, self.hparams.num_classes)
+        else:
+            self.head = nn.Linear(self.encoder.output_dim, self.hparams.num_classes)
+
+    def classify(self, embedding: Tensor) -> Tensor:
+        """(B, classes) logits from an encoder embedding (ensemble members combined)."""
+        return combine_members(self.head(embedding))
 
     # ---- inference: a raw waveform batch in, logits out (what predict/export use) ----
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
         features, frames = self.featurizer(waveform, lengths)
-        return self.head(self.encoder(features, frames))
+        return self.classify(self.encoder(features, frames))
 
     def prepare_for_evaluation(self, datamodule: pl.LightningDataModule) -> None:
         """Anything a model fits on training data outside gradient descent (SimCLR's probe) before evaluation."""
@@ -111,7 +145,11 @@ class DigitClassifier(pl.LightningModule):
 
     # ---- shared steps ----
     def supervised_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Cross entropy over the labeled clips; a batch without any gives 0 (not NaN, as a mean over none would)."""
+        """Cross entropy over the labeled clips; a batch without any gives 0 (not NaN, as a mean over none would).
+        (B, members, classes) logits: the mean of the members' losses, so each member learns on its own."""
+        if logits.dim() == 3:
+            members = logits.shape[1]
+            logits, labels = logits.flatten(0, 1), labels.repeat_interleave(members)
         labeled = labels != UNLABELED
         if not labeled.any():
             return logits.sum() * 0.0  # keeps the graph, so every parameter still gets a (zero) gradient
@@ -128,8 +166,9 @@ class DigitClassifier(pl.LightningModule):
             metrics.update(logits.detach()[labeled], labels[labeled])
 
     def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:
-        logits = self.head(self.embed(batch))
-        loss = self.supervised_loss(logits, batch["label"])
+        outputs = self.head(self.embed(batch))
+        loss = self.supervised_loss(outputs, batch["label"])
+        logits = combine_members(outputs)
         self.update_metrics(metrics, loss_metric, logits, batch["label"], loss)
         return loss
 
@@ -158,7 +197,7 @@ class DigitClassifier(pl.LightningModule):
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self.head(self.embed(batch)).softmax(dim=-1)
+        return self.classify(self.embed(batch)).softmax(dim=-1)
 
     # ---- optimisation ----
     def configure_optimizers(self) -> dict[str, Any]:

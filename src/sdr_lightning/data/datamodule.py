@@ -54,7 +54,7 @@ class ClipDataset(Dataset):
         return self.tensors[index], self.labels[index], index
 
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
-        """A whole batch, padded to its longest clip (what `collate_waveforms`/`collate_features` would build)."""
+        """A whole batch, padded to its longest clip (what `collate_batch` builds from a list of items)."""
         index = torch.as_tensor(indices, dtype=torch.long)
         lengths = self.lengths[index]
         return {
@@ -78,10 +78,6 @@ def collate_batch(batch: dict[str, Tensor] | list[tuple[Tensor, int, int]]) -> d
 
 def collate_waveforms(items: list[tuple[Tensor, int, int]]) -> dict[str, Tensor]:
     return _pad_batch(items, "waveform", "lengths")
-
-
-def collate_features(items: list[tuple[Tensor, int, int]]) -> dict[str, Tensor]:
-    return _pad_batch(items, "features", "feature_lengths")
 
 
 def _pad_batch(items: list[tuple[Tensor, int, int]], key: str, length_key: str) -> dict[str, Tensor]:

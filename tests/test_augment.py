@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sdr_lightning.augment import (AddNoise, Augmentation, AugmentationPipeline, Fade, FreqWarp, Gain, PitchShift,
+from sdr_lightning.augment import (AddNoise, Augmentation, AugmentationPipeline, Fade, FilterAugment, FreqWarp, Gain, PitchShift,
                                    SpecAugment, SpeedPerturb, TimeCrop, TimeShift, TimeStretch, TimeWarp)
 from sdr_lightning.data.datamodule import SpokenDigitDataModule, collate_waveforms
 from sdr_lightning.errors import ConfigError
@@ -31,6 +31,7 @@ SPECTROGRAM = {
     "time_stretch": lambda: TimeStretch(),
     "time_warp": lambda: TimeWarp(),
     "crop": lambda: TimeCrop(),
+    "filter": lambda: FilterAugment(),
 }
 
 
@@ -177,6 +178,22 @@ def test_time_crop_keeps_a_contiguous_span_of_the_requested_fraction() -> None:
         assert starts  # the crop is the clip's own frames, in order
     with pytest.raises(ConfigError, match="TimeCrop"):
         TimeCrop(min_fraction=0.0)
+
+
+def test_filter_augment_adds_one_piecewise_linear_curve_per_clip_within_its_range() -> None:
+    features, frames = feature_batch()
+    torch.manual_seed(0)
+    y, kept = FilterAugment(max_gain=0.7, points=4).train()(features, frames)
+    assert torch.equal(kept, frames)
+    for clip, filtered, n in zip(features, y, frames.tolist()):
+        curve = filtered[:, :n] - clip[:, :n]
+        assert torch.allclose(curve, curve[:, :1].expand_as(curve), atol=1e-5)  # the same gain on every frame
+        gain = curve[:, 0]
+        assert gain.abs().max() <= 0.7 + 1e-5 and gain.abs().max() > 0
+        kinks = (gain.diff(n=2).abs() > 1e-4).sum()
+        assert kinks <= 2 * (4 - 2)  # straight between the knots (each inner knot bends at most two bins)
+    with pytest.raises(ConfigError, match="FilterAugment: points"):
+        FilterAugment(points=1)
 
 
 def test_pipeline_runs_in_config_order_and_checks_its_config() -> None:

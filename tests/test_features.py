@@ -82,3 +82,33 @@ def test_trim_removes_edge_silence_and_keeps_batch_invariance() -> None:
     assert counts[0] == frames[0] and counts[1] == count[0]
     torch.testing.assert_close(together[1, :, :count[0]], alone[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(together[0, :, :frames[0]], features[0, :, :frames[0]], rtol=1e-4, atol=1e-4)
+
+
+def test_cepstra_keeps_the_envelope_and_drops_pitch_ripple() -> None:
+    t = torch.arange(8000) / 8000
+    # a 150 Hz voice-like pulse train: its harmonics draw a ripple across the low Mel bins
+    voiced = sum(torch.sin(2 * torch.pi * 150 * k * t) / k for k in range(1, 25))[None]
+    lengths = torch.tensor([8000])
+    full, frames = LogMel()(voiced, lengths)
+    all_kept, _ = LogMel(cepstra=40)(voiced, lengths)
+    smooth, smooth_frames = LogMel(cepstra=12)(voiced, lengths)
+    assert torch.allclose(all_kept, full, atol=1e-4)  # every cepstrum kept: the identity
+    assert torch.equal(smooth_frames, frames)
+
+    def ripple(x: torch.Tensor) -> float:  # mean absolute second difference along the Mel axis
+        return x[0].diff(n=2, dim=0).abs().mean().item()
+
+    assert ripple(smooth) < 0.5 * ripple(full)
+    assert LogMel(cepstra=12).cache_key != LogMel().cache_key  # cached features follow the setting
+    with pytest.raises(ValueError, match="cepstra=41"):
+        LogMel(cepstra=41)
+
+
+def test_cepstra_clip_alone_equals_clip_in_padded_batch() -> None:
+    featurizer = LogMel(cepstra=20, trim_db=20.0)
+    waves = [torch.randn(6000), torch.randn(2500)]
+    batch = collate_waveforms([(w, 0, 0) for w in waves])
+    features, frames = featurizer(batch["waveform"], batch["lengths"])
+    alone, alone_frames = featurizer(waves[1][None], torch.tensor([2500]))
+    assert alone_frames.item() == frames[1].item()
+    assert torch.allclose(features[1, :, : frames[1]], alone[0, :, : alone_frames[0]], atol=1e-5)

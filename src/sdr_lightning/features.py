@@ -36,6 +36,7 @@ class LogMel(nn.Module):
         normalization: str = "utterance",
         trim_db: float | None = None,
         trim_margin: int = 2,
+        cepstra: int | None = None,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
@@ -44,6 +45,14 @@ class LogMel(nn.Module):
                              n_mels=n_mels, f_min=f_min, f_max=f_max, top_db=top_db, normalization=normalization)
         if trim_db is not None:  # only when set, so caches and checkpoints made before it keep their keys
             self.settings.update(trim_db=trim_db, trim_margin=trim_margin)
+        if cepstra is not None:
+            if not 1 <= cepstra <= n_mels:
+                raise ValueError(f"model.featurizer.cepstra={cepstra}; use 1..n_mels ({n_mels}), or null to keep all.")
+            self.settings.update(cepstra=cepstra)
+            # Projection onto the first `cepstra` orthonormal DCT bases and back: MFCC's liftering, in log-Mel shape.
+            dct = torchaudio.functional.create_dct(n_mels, n_mels, norm="ortho")[:, :cepstra]  # (n_mels, cepstra)
+            self.register_buffer("lifter", dct @ dct.T, persistent=False)
+        self.cepstra = cepstra
         self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
         self.top_db, self.normalization = top_db, normalization
         self.trim_db, self.trim_margin = trim_db, trim_margin
@@ -73,6 +82,8 @@ class LogMel(nn.Module):
         # Floor the dynamic range per clip so digital silence (zero padding) and a noise floor look alike.
         peak = db.masked_fill(~mask, -torch.inf).amax(dim=(1, 2), keepdim=True)
         db = torch.maximum(db, peak - self.top_db)
+        if self.cepstra is not None:  # keep each frame's spectral envelope, drop the pitch harmonics' ripple
+            db = torch.einsum("fg,bgt->bft", self.lifter, db)
         if self.normalization == "utterance":
             db = _masked_standardize(db, mask, dims=(1, 2))
         elif self.normalization == "cmvn":

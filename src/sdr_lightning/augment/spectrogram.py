@@ -179,3 +179,34 @@ def interpolate(x: Tensor, source: Tensor, dim: int) -> Tensor:
 def _uniform_int(high: Tensor) -> Tensor:
     """One integer in [0, high) per entry."""
     return (torch.rand(high.shape, device=high.device) * high).long().clamp(max=high - 1)
+
+
+class FilterAugment(Augmentation):
+    """A random smooth equaliser per clip (FilterAugment, Nam et al., ICASSP 2022): a piecewise-linear gain
+    curve over the Mel axis through `points` knots (both ends and random bins between), each with a gain drawn from
+    [-max_gain, max_gain] in units of the normalised features (std 1), added to every valid frame.
+
+    It stands for microphones and rooms: averaged over their clips, FSDD's speakers differ by up to 15 dB per band."""
+
+    def __init__(self, max_gain: float = 0.5, points: int = 4, p: float = 1.0) -> None:
+        super().__init__(p)
+        check_range("FilterAugment: max_gain", 0.0, max_gain)
+        if points < 2:
+            raise ConfigError(f"FilterAugment: points={points}; use at least 2 (the two ends of the Mel axis).")
+        self.max_gain, self.points = max_gain, points
+
+    def augment(self, features: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        batch, bins, steps = features.shape
+        device, dtype = features.device, features.dtype
+        inner = torch.rand(batch, self.points - 2, device=device, dtype=dtype).sort(dim=1).values * (bins - 1)
+        first = torch.zeros(batch, 1, device=device, dtype=dtype)
+        knots = torch.cat([first, inner, first + (bins - 1)], dim=1)  # (B, points), ascending
+        gains = (2 * torch.rand(batch, self.points, device=device, dtype=dtype) - 1) * self.max_gain
+        gains = gains * self.drawn(batch, device)[:, None]
+        position = torch.arange(bins, device=device, dtype=dtype).expand(batch, bins).contiguous()
+        right = torch.searchsorted(knots, position, right=True).clamp(1, self.points - 1)
+        left = right - 1
+        x0, x1 = knots.gather(1, left), knots.gather(1, right)
+        y0, y1 = gains.gather(1, left), gains.gather(1, right)
+        curve = y0 + (y1 - y0) * (position - x0) / (x1 - x0).clamp(min=1e-6)
+        return (features + curve[:, :, None]) * lengths_to_mask(frames, steps)[:, None, :], frames

@@ -73,16 +73,23 @@ def test_export_command_writes_models_that_match_the_checkpoint(cnn_run: dict, t
 SMALL_VIT = ["model=vit", "model.depth=1", "model.dim=32", "model.heads=2", "model.mlp_dim=64"]
 
 
-@pytest.mark.parametrize("overrides", [["model=linear"], SMALL_VIT], ids=["linear", "vit"])
-def test_other_models_export(overrides: list[str], tmp_path: Path) -> None:
+# best_cnn's featurizer smooths with a DCT projection (cepstra) and its model owns training-only augmentations
+BEST_CNN = ["experiment=best_cnn", "model.channels=16"]
+
+
+# The 10-sample test clip is one near-silent frame; smoothed by the cepstra its log-Mel is almost flat, so the
+# per-clip normalisation divides by a tiny spread and ONNX Runtime's rounding shows at 1e-3 (the others: < 1e-6).
+@pytest.mark.parametrize(("overrides", "atol"), [(["model=linear"], 1e-4), (SMALL_VIT, 1e-4), (BEST_CNN, 5e-3)],
+                         ids=["linear", "vit", "best_cnn"])
+def test_other_models_export(overrides: list[str], atol: float, tmp_path: Path) -> None:
     """Random weights are enough: what matters is that every op and shape path survives tracing and export."""
     cfg = compose_config(tmp_path, overrides)
     GlobalHydra.instance().clear()
     torch.manual_seed(0)
     model = instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
-    results = export_model(model, tmp_path, ["torchscript", "onnx", "exported_program"], atol=1e-4)
+    results = export_model(model, tmp_path, ["torchscript", "onnx", "exported_program"], atol=atol)
     assert [r.format for r in results] == ["torchscript", "onnx", "exported_program"]
-    assert_exports_match(model, tmp_path)
+    assert_exports_match(model, tmp_path, atol=atol)
 
 
 def test_unknown_format_and_tolerance_are_config_errors(tmp_path: Path) -> None:

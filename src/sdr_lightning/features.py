@@ -83,7 +83,7 @@ class LogMel(nn.Module):
         peak = db.masked_fill(~mask, -torch.inf).amax(dim=(1, 2), keepdim=True)
         db = torch.maximum(db, peak - self.top_db)
         if self.cepstra is not None:  # keep each frame's spectral envelope, drop the pitch harmonics' ripple
-            db = torch.einsum("fg,bgt->bft", self.lifter, db)
+            db = self.lifter @ db
         if self.normalization == "utterance":
             db = _masked_standardize(db, mask, dims=(1, 2))
         elif self.normalization == "cmvn":

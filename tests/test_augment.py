@@ -6,8 +6,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sdr_lightning.augment import (AddNoise, Augmentation, AugmentationPipeline, Fade, FilterAugment, FreqWarp, Gain, PitchShift,
-                                   SpecAugment, SpeedPerturb, TimeCrop, TimeShift, TimeStretch, TimeWarp)
+from sdr_lightning.augment import (AddNoise, Augmentation, AugmentationPipeline, Fade, FilterAugment, FreqWarp,
+                                   Gain, PitchShift, SpecAugment, SpeedPerturb, TimeCrop, TimeShift, TimeStretch,
+                                   TimeWarp)
 from sdr_lightning.data.datamodule import SpokenDigitDataModule, collate_waveforms
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.features import LogMel, lengths_to_mask

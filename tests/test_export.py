@@ -75,12 +75,15 @@ SMALL_VIT = ["model=vit", "model.depth=1", "model.dim=32", "model.heads=2", "mod
 
 # best_cnn's featurizer smooths with a DCT projection (cepstra) and its model owns training-only augmentations
 BEST_CNN = ["experiment=best_cnn", "model.channels=16"]
+# cnn_ensemble adds grouped convolutions and one head per member (an einsum)
+CNN_ENSEMBLE = ["experiment=cnn_ensemble", "model.channels=8"]
 
 
 # The 10-sample test clip is one near-silent frame; smoothed by the cepstra its log-Mel is almost flat, so the
 # per-clip normalisation divides by a tiny spread and ONNX Runtime's rounding shows at 1e-3 (the others: < 1e-6).
-@pytest.mark.parametrize(("overrides", "atol"), [(["model=linear"], 1e-4), (SMALL_VIT, 1e-4), (BEST_CNN, 5e-3)],
-                         ids=["linear", "vit", "best_cnn"])
+@pytest.mark.parametrize(("overrides", "atol"), [(["model=linear"], 1e-4), (SMALL_VIT, 1e-4), (BEST_CNN, 5e-3),
+                                                 (CNN_ENSEMBLE, 5e-3)],
+                         ids=["linear", "vit", "best_cnn", "cnn_ensemble"])
 def test_other_models_export(overrides: list[str], atol: float, tmp_path: Path) -> None:
     """Random weights are enough: what matters is that every op and shape path survives tracing and export."""
     cfg = compose_config(tmp_path, overrides)

@@ -37,6 +37,7 @@ class Row:
 
 ROWS = [
     Row("cnn", "cnn, 4 training speakers", "0.81", "best_cnn", target=0.97),
+    Row("cnn_ensemble", "cnn, 4 training speakers, four CNNs in one model", "0.81", "cnn_ensemble", target=0.97),
     Row("vit", "vit, 4 training speakers", "0.75", "best_vit", target=0.95),
     Row("linear", "linear on downsampled Mel", "0.58", "best_linear", target=0.75),
     Row("george", "trained on george only, best recipe", "0.18-0.25", "best_george", target=0.70),

@@ -1,7 +1,7 @@
 """Predict digits: `python predict.py ckpt_path=<run>/checkpoints/<best>.ckpt audio=<file, folder or 'glob'>
 [csv=out.csv]` (also installed as `sdr-predict`). Configuration: conf/predict.yaml."""
 
-from sdr_lightning.predict import main
+from sdr_lightning.cli import predict
 
 if __name__ == "__main__":
-    main()
+    predict()

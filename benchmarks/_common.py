@@ -1,4 +1,4 @@
-"""What the speed benchmarks share: finding the clips, composing the real config in-process, medians, tables.
+"""What the benchmarks share: finding the clips, composing the real config in-process, medians, tables.
 
 Imported by the scripts next to it (`from _common import ...`): running `python benchmarks/<script>.py` puts this
 folder first on sys.path.
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from sdr_lightning.analysis.tables import markdown_table  # noqa: F401 - the benchmarks' tables
+from sdr_lightning.config import compose_config
 from sdr_lightning.data import datamodule as datamodule_module
 from sdr_lightning.data.metadata import METADATA_FILENAME
 
@@ -58,14 +58,12 @@ def configure(threads: int | None) -> None:
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 
 
-def compose_config(overrides: Sequence[str], run_dir: Path, data: Path, cache_dir: Path) -> DictConfig:
-    """`conf/train.yaml` with `overrides`, as `python train.py` composes it, writing under `run_dir`."""
-    paths = [f"paths.root_dir={run_dir}", f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}",
-             f"paths.data_dir={data}", f"paths.cache_dir={cache_dir}"]
+def run_config(overrides: Sequence[str], run_dir: Path, data: Path, cache_dir: Path) -> DictConfig:
+    """`conf/train.yaml` with `overrides`, as `python train.py` composes it (sdr_lightning.config.compose_config),
+    writing under `run_dir`, reading the clips in `data` and caching under `cache_dir`."""
     quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[*paths, *quiet, *overrides])
+    return compose_config([*quiet, f"paths.data_dir={data}", f"paths.cache_dir={cache_dir}", *overrides],
+                          output_dir=run_dir)
 
 
 def clear_memory_cache() -> None:
@@ -83,12 +81,6 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def machine() -> str:

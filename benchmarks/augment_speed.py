@@ -22,10 +22,10 @@ import torchaudio.functional as AF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sdr_lightning.augment import AugmentationPipeline
-from sdr_lightning.data.audio import load_audio
+from sdr_lightning.audio.augment import AugmentationPipeline
+from sdr_lightning.audio.features import LogMel
+from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.datamodule import collate_waveforms
-from sdr_lightning.features import LogMel
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CLIPS = 2000  # reference split: 4 speakers x 10 digits x 50 takes

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from sdr_lightning.significance import paired_bootstrap
+from sdr_lightning.analysis.significance import paired_bootstrap
 
 REPEATS = 5
 

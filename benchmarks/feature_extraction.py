@@ -25,19 +25,30 @@ import argparse
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytorch_lightning as pl
 import soundfile
 import torch
 import torchaudio
+from _common import (
+    add_common_arguments,
+    clear_memory_cache,
+    configure,
+    find_data,
+    machine,
+    markdown_table,
+    median,
+    run_config,
+    timed,
+    write_json,
+)
 from hydra.utils import instantiate
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from _common import (add_common_arguments, clear_memory_cache, compose_config, configure, find_data, machine,
-                     markdown_table, median, timed, write_json)
 from sdr_lightning.data.metadata import Clip, read_metadata
 
 
@@ -78,7 +89,7 @@ def count_clips(loader: DataLoader, featurize: Callable | None = None, device: t
 
 def measure(args: argparse.Namespace, data: Path, work: Path) -> tuple[dict, dict, torch.device]:
     """Seconds per repeat and clips counted, per figure; caches go under `work`."""
-    cfg = compose_config(args.overrides, work / "run", data, work / "unused")
+    cfg = run_config(args.overrides, work / "run", data, work / "unused")
     featurizer = instantiate(cfg.model.featurizer)
     # The datamodule featurizes on its trainer's device, as in `trainer.fit`; this trainer only picks the device.
     trainer = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False,
@@ -91,15 +102,13 @@ def measure(args: argparse.Namespace, data: Path, work: Path) -> tuple[dict, dic
 
     def setup(cache_dir: Path):
         datamodule = instantiate(cfg.data, cache_dir=str(cache_dir), download=False, _convert_="all")
-        datamodule.use_featurizer(featurizer)
         datamodule.trainer = trainer
-        datamodule.setup("fit")
+        datamodule.setup("fit", model=SimpleNamespace(featurizer=featurizer, needs_waveforms=False))
         return datamodule
 
     def waveform_loader(datamodule) -> DataLoader:
         """The TRAIN loader a model with waveform augmentation gets (from the memory cache: nothing decoded)."""
-        datamodule.use_featurizer(featurizer, train_waveforms=True)
-        datamodule.setup("fit")
+        datamodule.setup("fit", model=SimpleNamespace(featurizer=featurizer, needs_waveforms=True))
         return datamodule.train_dataloader()
 
     print(f"{len(clips)} clips from {data}; {machine()}; featurizer on {device}; median of {args.repeats}\n",

@@ -25,15 +25,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
+from _common import machine, markdown_table, write_json  # benchmarks/_common.py, first on sys.path when run
 from hydra.utils import instantiate
 
-from sdr_lightning.data.audio import load_audio
+from sdr_lightning.audio.io import load_audio
+from sdr_lightning.config import compose_config
 from sdr_lightning.data.datamodule import collate_waveforms
-from sdr_lightning.evaluate import load_checkpoint
-from sdr_lightning.export import export_model
-
-from _common import machine, markdown_table, write_json  # benchmarks/_common.py, first on sys.path when run
+from sdr_lightning.tasks.checkpoint import load_checkpoint
+from sdr_lightning.tasks.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 5.0
@@ -54,9 +53,8 @@ def find_data(given: str | None) -> Path | None:
 
 def build_model(ckpt: str | None, model: str) -> torch.nn.Module:
     if ckpt:
-        return load_checkpoint(ckpt)[0].eval()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={model}", "paths.root_dir=.", "paths.output_dir=."])
+        return load_checkpoint(ckpt).model
+    cfg = compose_config([f"model={model}"], output_dir=".")
     torch.manual_seed(0)
     return instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
 

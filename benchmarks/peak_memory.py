@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, figures = [], {}
     with tempfile.TemporaryDirectory(prefix="sdr_memory_") as tmp:
         work = Path(tmp)
-        imports = [sys.executable, "-c", "import torch, pytorch_lightning, hydra, sdr_lightning.train"]
+        imports = [sys.executable, "-c", "import torch, pytorch_lightning, hydra, sdr_lightning.tasks.train"]
         baseline = median([peak_rss_mb(imports, env, work / "imports.log") for _ in range(args.repeats)])
         rows.append(["(imports only)", f"{baseline:,.0f}", "-", "-"])
         figures["imports"] = {"peak_rss_mb": baseline}

@@ -20,11 +20,20 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+from _common import (
+    add_common_arguments,
+    clear_memory_cache,
+    configure,
+    find_data,
+    machine,
+    markdown_table,
+    median,
+    run_config,
+    write_json,
+)
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
-from _common import (add_common_arguments, clear_memory_cache, compose_config, configure, find_data, machine,
-                     markdown_table, median, write_json)
-from sdr_lightning.train import build
+from sdr_lightning.tasks.train import build
 
 TARGET_S = 180.0
 METRIC = "val/acc"  # DEV accuracy, whatever `monitor` the preset sets
@@ -50,7 +59,7 @@ class ValidationClock(Callback):
 
 def run_seed(preset: str, seed: int, threshold: float, overrides: list[str], data: Path, work: Path) -> dict:
     clear_memory_cache()  # a cold start: decode and featurize again
-    cfg = compose_config([f"experiment={preset}", f"seed={seed}", *overrides], work / f"seed{seed}", data,
+    cfg = run_config([f"experiment={preset}", f"seed={seed}", *overrides], work / f"seed{seed}", data,
                          work / f"cache_seed{seed}")
     started = time.perf_counter()
     pl.seed_everything(seed, workers=True, verbose=False)

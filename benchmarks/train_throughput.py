@@ -28,12 +28,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _common import add_common_arguments, configure, find_data, machine, markdown_table, median, run_config, write_json
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.profilers import Profiler
 
-from _common import (add_common_arguments, compose_config, configure, find_data, machine, markdown_table, median,
-                     write_json)
-from sdr_lightning.train import build
+from sdr_lightning.tasks.train import build
 
 RUNS = {
     "linear": ["model=linear"],
@@ -102,7 +101,7 @@ class StepTimer(Callback):
 
 def measure(name: str, overrides: list[str], args: argparse.Namespace, data: Path, work: Path) -> list[dict]:
     """Train once; the timed epochs (all but the first, when there are several)."""
-    cfg = compose_config([*RUNS[name], f"trainer.max_epochs={args.epochs}", "++trainer.limit_val_batches=0",
+    cfg = run_config([*RUNS[name], f"trainer.max_epochs={args.epochs}", "++trainer.limit_val_batches=0",
                           "++trainer.num_sanity_val_steps=0", "callbacks=none", *overrides],
                          work / name.replace("+", "_"), data, work / "cache")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

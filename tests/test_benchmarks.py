@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ["feature_extraction", "train_throughput", "time_to_accuracy", "peak_memory"]

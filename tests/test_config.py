@@ -5,9 +5,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sdr_lightning.augment import AugmentationPipeline
+from sdr_lightning.audio.augment import AugmentationPipeline
 
-from conftest import CONFIG_DIR, compose_config
+from tests.helpers import CONFIG_DIR, compose
 
 
 def options(group: str) -> list[str]:
@@ -18,7 +18,7 @@ def options(group: str) -> list[str]:
                                                             "experiment", "debug", "augment")
                                       for o in options(g)])
 def test_every_option_composes_and_builds(tmp_path: Path, override: str) -> None:
-    cfg = compose_config(tmp_path, [override])
+    cfg = compose(tmp_path, [override])
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
     for node in [*(cfg.callbacks or {}).values(), *(cfg.logger or {}).values()]:
         instantiate(node)
@@ -27,18 +27,18 @@ def test_every_option_composes_and_builds(tmp_path: Path, override: str) -> None
 
 
 def test_experiment_sets_several_groups(tmp_path: Path) -> None:
-    cfg = compose_config(tmp_path, ["experiment=study_linear"])
-    assert cfg.model._target_.endswith("LinearClassifier") and cfg.model.featurizer.n_mels == 13
-    cfg = compose_config(tmp_path, ["experiment=study_cnn_george"])
+    cfg = compose(tmp_path, ["experiment=study_linear"])
+    assert cfg.model.encoder._target_.endswith("DownsampledMel") and cfg.model.featurizer.n_mels == 13
+    cfg = compose(tmp_path, ["experiment=study_cnn_george"])
     assert list(cfg.data.train_speakers) == ["george"]
 
 
 def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SDR_DATA_DIR", "/somewhere/clips")
-    assert compose_config(tmp_path).data.dir == "/somewhere/clips"
+    assert compose(tmp_path).data.dir == "/somewhere/clips"
 
 
 def test_unknown_option_lists_valid_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        compose_config(tmp_path, ["model=resnet"])
+        compose(tmp_path, ["model=resnet"])
     assert "cnn" in str(err.value) and "vit" in str(err.value)

@@ -1,0 +1,1 @@
+"""The clips: the metadata table and its splits (metadata), the FSDD download (download) and the datamodule."""

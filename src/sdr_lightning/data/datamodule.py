@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sdr_lightning.data.audio import load_audio
+from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
 from sdr_lightning.data.metadata import (METADATA_FILENAME, UNLABELED, Clip, check_files_exist, read_metadata,
                                          resolve_labeled_speakers, select_splits)
-from sdr_lightning.errors import DataError
+from sdr_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,11 @@ def _pad_batch(items: list[tuple[Tensor, int, int]], key: str, length_key: str) 
 class SpokenDigitDataModule(pl.LightningDataModule):
     """TRAIN/DEV/TEST from the metadata table; batches carry padded tensors plus their true lengths.
 
-    Without a featurizer, batches hold raw waveforms (`waveform`, `lengths`). With `featurizer` set (the
-    model's own module), features are computed once per featurizer setting and batches hold `features`,
-    `feature_lengths`; with `train_waveforms` too, TRAIN batches stay waveforms, for the model to augment.
+    The model decides what a batch holds. `setup` takes it from the trainer (`trainer.fit(model, datamodule=dm)`), or
+    from `setup(stage, model=model)` without one. Its featurizer computes each clip's features once per setting
+    (cached in memory and on disk) and batches hold `features`, `feature_lengths`; a model with waveform augmentations
+    gets raw TRAIN waveforms (`waveform`, `lengths`) to augment and featurize itself. With no model, or with
+    `cache_features: false`, every batch holds waveforms.
 
     `fold` (0..5 on FSDD) picks a leave-one-speaker-out split instead (see metadata.loso_split).
 
@@ -122,7 +124,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         test_speakers: list[str] | None = None,
         allow_speaker_overlap: bool = False,
         download: bool = True,
-        download_url: str = FSDD_URL,
+        download_url: str | None = None,
         cache_features: bool = True,
         fold: int | None = None,
         labeled_speakers: list[str] | None = None,
@@ -131,33 +133,32 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(dir)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.featurizer: nn.Module | None = None
-        self.train_waveforms = False
         self.splits: dict[str, list[Clip]] = {}
         self.datasets: dict[str, ClipDataset] = {}
-
-    def use_featurizer(self, featurizer: nn.Module, train_waveforms: bool = False) -> None:
-        """Deliver features made by `featurizer` (computed once) instead of waveforms, if `cache_features`.
-
-        `train_waveforms`: TRAIN batches keep raw waveforms, which a model with waveform augmentations
-        augments and featurizes on the fly (`model.needs_waveforms`); DEV/TEST still get cached features.
-        """
-        if self.hparams.cache_features:
-            self.featurizer = featurizer
-        self.train_waveforms = train_waveforms
-        self.datasets = {}
+        self._served: tuple[str | None, bool] | None = None  # (featurizer cache key, raw TRAIN) of self.datasets
 
     def prepare_data(self) -> None:
         if self.hparams.download and not (self.data_dir / METADATA_FILENAME).is_file():
-            log.info("No %s in %s: fetching FSDD from %s", METADATA_FILENAME, self.data_dir, self.hparams.download_url)
-            prepare_fsdd(self.data_dir, url=self.hparams.download_url)
+            url = self.hparams.download_url or FSDD_URL
+            log.info("No %s in %s: fetching FSDD from %s", METADATA_FILENAME, self.data_dir, url)
+            prepare_fsdd(self.data_dir, url=url)
         if self.cache_dir is not None:
             # Lightning calls prepare_data in one process per node: it decodes (and featurizes) once and fills the
             # disk cache, which the other DDP ranks' setup() then reads instead of all writing it at once.
             self.setup()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+    def setup(self, stage: str | None = None, model: nn.Module | None = None) -> None:
+        """Build the splits' datasets for `model` (default: the trainer's LightningModule); a no-op when they
+        already serve the same featurizer setting."""
+        if model is None and self.trainer is not None:
+            model = self.trainer.lightning_module
+        featurizer = getattr(model, "featurizer", None) if self.hparams.cache_features else None
+        if featurizer is not None:
+            self._check_sample_rate(featurizer)
+        # A featurizer without a cache_key (not ours) is keyed by its repr, which shows its settings.
+        feature_key = None if featurizer is None else getattr(featurizer, "cache_key", None) or repr(featurizer)
+        served = (feature_key, featurizer is not None and bool(getattr(model, "needs_waveforms", False)))
+        if self.datasets and served == self._served:
             return
         hp = self.hparams
         clips = read_metadata(self.data_dir)
@@ -169,21 +170,30 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         waveform_key = self._waveform_key(used)
         waveforms = self._cached(waveform_key, lambda: decode_all(used, hp.sample_rate, self.data_dir))
         by_kind = {"waveform": dict(zip((c.identifier for c in used), waveforms))}
-        if self.featurizer is not None:
-            key = waveform_key + getattr(self.featurizer, "cache_key", repr(self.featurizer))
+        if featurizer is not None:
+            key = waveform_key + served[0]
             # On the trainer's accelerator (the GPU when training on one); the features are then kept on the CPU.
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            features = self._cached(key, lambda: featurize_all(self.featurizer, waveforms, device=device))
+            features = self._cached(key, lambda: featurize_all(featurizer, waveforms, device=device))
             by_kind["features"] = dict(zip((c.identifier for c in used), features))
         labeled = resolve_labeled_speakers(self.splits["TRAIN"], _as_list(hp.labeled_speakers))
         self.datasets = {}
         for name, split in self.splits.items():
-            raw = self.featurizer is None or (name == "TRAIN" and self.train_waveforms)
+            raw = featurizer is None or (name == "TRAIN" and served[1])
             kind = "waveform" if raw else "features"
             labels = [c.label if c.speaker in labeled else UNLABELED for c in split] if name == "TRAIN" else None
             self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels)
+        self._served = served
         log.info("Splits: %s; TRAIN labels from %s (%d clips)", {name: len(ds) for name, ds in self.datasets.items()},
                  sorted(labeled), sum(label != UNLABELED for label in self.datasets["TRAIN"].labels))
+
+    def _check_sample_rate(self, featurizer: nn.Module) -> None:
+        """Clips are decoded at data.sample_rate and the featurizer assumes its own: they must be one rate."""
+        rate = getattr(featurizer, "sample_rate", None)
+        if rate is not None and int(rate) != int(self.hparams.sample_rate):
+            raise ConfigError(f"data.sample_rate={self.hparams.sample_rate} but model.featurizer.sample_rate={rate}; "
+                              "clips are decoded at the first and featurized as if at the second. Set one of them "
+                              "(conf/data/reference.yaml takes the featurizer's by default).")
 
     def _waveform_key(self, clips: Sequence[Clip]) -> str:
         digest = hashlib.sha256(f"v{CACHE_VERSION}|{self.hparams.sample_rate}".encode())

@@ -12,6 +12,10 @@ from sdr_lightning.errors import DataError
 METADATA_FILENAME = "SDR_metadata.tsv"
 REQUIRED_COLUMNS = ("identifier", "speaker", "split", "label", "file")
 SPLIT_NAMES = ("TRAIN", "DEV", "TEST")
+# One split, three names: the metadata's split column (DEV), the prefix of its metrics (val/acc: Lightning's name for
+# evaluation during fit) and its report folder (<run>/reports/dev/). docs/evaluation.md has the table.
+METRIC_PREFIXES = {"TRAIN": "train", "DEV": "val", "TEST": "test"}
+REPORT_FOLDERS = {"TRAIN": "train", "DEV": "dev", "TEST": "test"}
 # The label an unlabeled TRAIN clip carries in batches (data.labeled_speakers); losses and metrics skip it.
 UNLABELED = -1
 

@@ -1,24 +1,28 @@
-"""DigitClassifier: featurizer + encoder + linear head, and the training/evaluation plumbing all models share.
+"""DigitClassifier: the one LightningModule, built from config parts.
 
-Constructor arguments are plain config values (dicts, numbers), never modules, so `save_hyperparameters`
-keeps checkpoints loadable with `torch.load(weights_only=True)` and the class rebuilds itself from them.
+    waveform -> featurizer -> (augmentation, training only) -> encoder -> head -> logits
+
+Every part is a `_target_` config composed from its own group (conf/featurizer/, conf/augment/, conf/encoder/,
+conf/optimizer/, conf/scheduler/), so a new architecture is an `nn.Module` plus `conf/encoder/<name>.yaml` and no
+Lightning code (docs/architecture.md). The parts arrive as plain dicts, never modules: `save_hyperparameters` then
+keeps checkpoints loadable with `torch.load(weights_only=True)`, and the class rebuilds itself from them.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from sdr_lightning.augment import AugmentationPipeline
-from sdr_lightning.data.metadata import UNLABELED
+from sdr_lightning.audio.augment import AugmentationPipeline
+from sdr_lightning.config import instantiate_part
+from sdr_lightning.data.metadata import METRIC_PREFIXES, UNLABELED
 from sdr_lightning.errors import ConfigError
 
 NUM_CLASSES = 10
@@ -48,58 +52,61 @@ class MemberHeads(nn.Module):
         return torch.einsum("bmd,mdk->bmk", x, self.weight) + self.bias
 
 
-def split_metrics(prefix: str, num_classes: int = NUM_CLASSES) -> MetricCollection:
+def classifier_head(encoder: nn.Module, num_classes: int) -> nn.Module:
+    """A linear layer on the encoder's embedding; one per member for a packed ensemble (`encoder.members`)."""
+    members = getattr(encoder, "members", 1)
+    if members > 1:
+        return MemberHeads(members, encoder.output_dim // members, num_classes)
+    return nn.Linear(encoder.output_dim, num_classes)
+
+
+def split_metrics(split: str, num_classes: int = NUM_CLASSES) -> MetricCollection:
+    """Accuracy and macro-F1, logged as `<prefix>/acc` with the split's metric prefix (DEV -> val/)."""
     return MetricCollection(
         {"acc": MulticlassAccuracy(num_classes, average="micro"),
          "f1_macro": MulticlassF1Score(num_classes, average="macro")},
-        prefix=prefix,
+        prefix=f"{METRIC_PREFIXES[split]}/",
     )
 
 
 class DigitClassifier(pl.LightningModule):
-    """`featurizer` is a `_target_` config (e.g. sdr_lightning.features.LogMel): waveforms -> (B, n_mels, T).
-
-    Subclasses build `self.encoder`: (B, n_mels, T) features + (B,) frame counts -> (B, D) embedding,
-    with an `output_dim` attribute, and then call `self.attach_head()`.
-
-    `augment` ({"waveform": {name: _target_ config}, "spectrogram": {...}}, composed by conf/augment/) builds
-    training-only augmentations: waveform ones before the featurizer, spectrogram ones after it.
-    `spec_augment` (one spectrogram `_target_` config) is the older spelling of a spectrogram entry."""
+    """`featurizer`: waveforms -> (B, n_mels, T) features (e.g. sdr_lightning.audio.features.LogMel).
+    `encoder`: built with `n_mels=featurizer.n_mels`; (B, n_mels, T) features + (B,) frame counts -> (B, output_dim).
+    `augment`: {"waveform": {name: config}, "spectrogram": {...}}, training-only (conf/augment/).
+    `optimizer`, `scheduler`: `_partial_` configs, given the parameters (and OneCycleLR the run's length) here.
+    """
 
     def __init__(
         self,
-        featurizer: dict[str, Any],
-        optimizer: dict[str, Any],
-        scheduler: dict[str, Any] | None = None,
+        featurizer: Mapping[str, Any],
+        encoder: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        augment: Mapping[str, Any] | None = None,
         scheduler_interval: str = "step",
         label_smoothing: float = 0.0,
         num_classes: int = NUM_CLASSES,
-        spec_augment: dict[str, Any] | None = None,
-        augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.featurizer = instantiate(featurizer)
-        augment = dict(augment or {})
-        if spec_augment:
-            augment["spectrogram"] = {**(augment.get("spectrogram") or {}), "spec_augment": spec_augment}
+        self.featurizer = instantiate_part("model.featurizer", featurizer)
         self.augmentation = AugmentationPipeline(augment)
-        self.encoder: nn.Module
-        self.head: nn.Module
+        self.encoder = instantiate_part("model.encoder", encoder, n_mels=self.featurizer.n_mels)
+        if not isinstance(getattr(self.encoder, "output_dim", None), int):
+            raise ConfigError(f"model.encoder: {encoder['_target_']} has no integer `output_dim` attribute; an encoder "
+                              "sets self.output_dim to the size of the embedding it returns.")
+        self.build_heads()
         # Unlabeled TRAIN clips (data.labeled_speakers) carry UNLABELED; supervised_loss also drops them itself.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=UNLABELED)
-        self.train_metrics = split_metrics("train/", num_classes)
-        self.val_metrics = split_metrics("val/", num_classes)
-        self.test_metrics = split_metrics("test/", num_classes)
+        self.train_metrics = split_metrics("TRAIN", num_classes)
+        self.val_metrics = split_metrics("DEV", num_classes)
+        self.test_metrics = split_metrics("TEST", num_classes)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
 
-    def attach_head(self) -> None:
-        members = getattr(self.encoder, "members", 1)
-        if members > 1:  # an ensemble encoder: one classifier per member, probabilities averaged
-            self.head = MemberHeads(members, self.encoder.output_dim // members, self.hparams.num_classes)
-        else:
-            self.head = nn.Linear(self.encoder.output_dim, self.hparams.num_classes)
+    def build_heads(self) -> None:
+        """The layers on top of the encoder: the classifier head (SimCLR adds its projection head)."""
+        self.head = classifier_head(self.encoder, self.hparams.num_classes)
 
     def classify(self, embedding: Tensor) -> Tensor:
         """(B, classes) logits from an encoder embedding (ensemble members combined)."""
@@ -110,8 +117,13 @@ class DigitClassifier(pl.LightningModule):
         features, frames = self.featurizer(waveform, lengths)
         return self.classify(self.encoder(features, frames))
 
+    @property
+    def needs_probe_refit(self) -> bool:
+        """Whether evaluation first fits part of the model on the run's TRAIN clips (SimCLR's linear probe)."""
+        return False
+
     def prepare_for_evaluation(self, datamodule: pl.LightningDataModule) -> None:
-        """Anything a model fits on training data outside gradient descent (SimCLR's probe) before evaluation."""
+        """Fit what the model learns from training data outside gradient descent (SimCLR's probe) before evaluation."""
 
     @property
     def needs_waveforms(self) -> bool:
@@ -132,8 +144,8 @@ class DigitClassifier(pl.LightningModule):
             if self.training and self.needs_waveforms:
                 raise ConfigError(
                     "this model has waveform augmentations (model.augment.waveform), but its training batches hold "
-                    "precomputed features. Set up the datamodule with "
-                    "datamodule.use_featurizer(model.featurizer, train_waveforms=model.needs_waveforms).")
+                    "precomputed features. Let the datamodule see the model: trainer.fit(model, datamodule=dm), or "
+                    "dm.setup('fit', model=model).")
             features, frames = batch["features"], batch["feature_lengths"]
         else:
             waveform, lengths = self.augmentation.augment_waveform(batch["waveform"], batch["lengths"])
@@ -201,15 +213,15 @@ class DigitClassifier(pl.LightningModule):
 
     # ---- optimisation ----
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = instantiate_part("model.optimizer", self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
-        make_scheduler = instantiate(self.hparams.scheduler)
+        make_scheduler = instantiate_part("model.scheduler", self.hparams.scheduler)
         extra = {}
         # Schedules defined over the whole run (OneCycleLR) learn its length from the trainer.
-        if "total_steps" in inspect.signature(make_scheduler.func).parameters and "total_steps" not in make_scheduler.keywords:
+        parameters = inspect.signature(make_scheduler.func).parameters
+        if "total_steps" in parameters and "total_steps" not in make_scheduler.keywords:
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = make_scheduler(optimizer=optimizer, **extra)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
-

@@ -33,13 +33,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from sdr_lightning.augment import SpecAugment
+from sdr_lightning.audio.augment import SpecAugment
 from sdr_lightning.data.metadata import UNLABELED
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.models.classifier import DigitClassifier
@@ -68,9 +67,16 @@ def embedding_spread(x: Tensor) -> Tensor:
 
 
 class SimCLR(DigitClassifier):
+    """DigitClassifier's parts (featurizer, augmentation, encoder, head) plus a projection head, trained with NT-Xent;
+    the arguments after `views` are SimCLR's own (see the module docstring)."""
+
     def __init__(
         self,
-        backbone: dict[str, Any],
+        featurizer: dict[str, Any],
+        encoder: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
         views: dict[str, Any] | None = None,
         projection_dim: int = 128,
         temperature: float = 0.1,
@@ -81,7 +87,6 @@ class SimCLR(DigitClassifier):
         pretrained: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         for key, value in (("supervised_weight", supervised_weight), ("contrastive_weight", contrastive_weight)):
             if value < 0:
                 raise ConfigError(f"model.{key}={value}; use a weight >= 0 (0 switches that loss off).")
@@ -90,12 +95,15 @@ class SimCLR(DigitClassifier):
                               "the encoder; set contrastive_weight > 0 (SimCLR) or supervised_weight > 0 (supervised).")
         if temperature <= 0:
             raise ConfigError(f"model.temperature={temperature}; NT-Xent needs a temperature > 0, e.g. 0.5.")
-        self.encoder = instantiate(backbone, n_mels=self.featurizer.n_mels)
-        width = self.encoder.output_dim
-        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection_dim))
+        super().__init__(featurizer, encoder, optimizer, scheduler, augment, **kwargs)
         self.view = SpecAugment(**views) if views else None  # null: the model's augmentations alone
         self.embedding_std = MeanMetric()
-        self.attach_head()
+
+    def build_heads(self) -> None:
+        width = self.encoder.output_dim
+        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(),
+                                       nn.Linear(width, self.hparams.projection_dim))
+        super().build_heads()
 
     @property
     def joint(self) -> bool:
@@ -156,11 +164,15 @@ class SimCLR(DigitClassifier):
                 getattr(self, name).load_state_dict(part)
             except RuntimeError as err:
                 raise ConfigError(f"model.pretrained={path}: its {name} does not match this model's "
-                                  f"(model/backbone and model.projection_dim must be the pretrained run's): "
+                                  f"(model.encoder and model.projection_dim must be the pretrained run's): "
                                   f"{str(err).splitlines()[0]}") from err
         log.info("Encoder and projector initialised from %s", file)
 
     # ---- the linear probe ----
+    @property
+    def needs_probe_refit(self) -> bool:
+        return bool(self.hparams.refit_probe)
+
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
             self.fit_probe(self.trainer.datamodule)

@@ -1,0 +1,138 @@
+"""Building things from config: composing `conf/`, instantiating one part, and the allow-list for untrusted configs.
+
+- `compose_config`: `conf/<name>.yaml` plus overrides, as the command line composes it (tests and benchmarks use it).
+- `instantiate_part`: `hydra.utils.instantiate` with one-line errors that name the config key at fault.
+- `check_targets`: refuse any `_target_` outside this package, `torch.optim` and `torch.optim.lr_scheduler`, before
+  anything is imported or called. Every config read from a file (a checkpoint's hyperparameters, a run folder's
+  `.hydra/` files) goes through it: instantiating is running code, and those files may come from anyone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from sdr_lightning.errors import ConfigError, SdrError
+
+# The repository's conf/ (src/sdr_lightning/ -> ../../conf): the entry points and the tests compose from it.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# Where a `_target_` read from a file may point: a class of this package, or a torch optimizer or scheduler.
+ALLOWED_MODULES = ("sdr_lightning", "torch.optim")
+
+
+def run_dir_of(ckpt_path: str) -> str:
+    """`${sdr.run_dir:<ckpt_path>}`: the run folder a checkpoint belongs to (<run>/checkpoints/x.ckpt -> <run>), where
+    eval.py and export.py write (conf/eval.yaml, conf/export.yaml)."""
+    return str(Path(ckpt_path).expanduser().resolve().parent.parent)
+
+
+if not OmegaConf.has_resolver("sdr.run_dir"):
+    OmegaConf.register_new_resolver("sdr.run_dir", run_dir_of)
+
+
+class UnsafeTargetError(ConfigError):
+    """A config read from a file names a `_target_` outside the allow-list; nothing was imported or called."""
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train",
+                   output_dir: str | Path | None = None) -> DictConfig:
+    """`conf/<config_name>.yaml` with `overrides`, as `python <config_name>.py` composes it. `output_dir`: the run's
+    folder (and its cache and logs), in place of Hydra's own. Hydra's runtime values (`${hydra:runtime.cwd}`) resolve
+    as they would in the command; the `hydra` node itself is dropped."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    paths = []
+    if output_dir is not None:
+        paths = [f"paths.root_dir={output_dir}", f"paths.output_dir={output_dir}", f"paths.log_dir={output_dir}",
+                 f"paths.cache_dir={output_dir}/cache"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=[*paths, *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def instantiate_part(where: str, node: Mapping[str, Any] | DictConfig, **kwargs: Any) -> Any:
+    """`instantiate(node, **kwargs)`. A bad value or a misspelt argument becomes one ConfigError naming `where` (the
+    config key, e.g. model.encoder); our own errors raised inside a constructor come out as themselves."""
+    from hydra.utils import instantiate
+
+    if not isinstance(node, (Mapping, DictConfig)) or "_target_" not in node:
+        raise ConfigError(f"{where} needs a _target_ (the class to build); got {node!r}.")
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, SdrError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from err
+        if isinstance(err.__cause__, (TypeError, ValueError)):  # e.g. an argument the class does not take
+            raise ConfigError(f"{where} ({node['_target_']}): {err.__cause__}") from err
+        raise
+
+
+def check_targets(node: Any, source: str | Path, where: str = "") -> None:
+    """Raise UnsafeTargetError (naming `source`, the key and the target) if `node` holds a `_target_` outside
+    ALLOWED_MODULES, or one that is not a class defined there (a function, or a name re-exported from elsewhere,
+    such as `sdr_lightning.some_module.os.system`). Only allow-listed modules are imported to find out."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    elif isinstance(node, ListConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                check_target(value, source, path)
+            else:
+                check_targets(value, source, path)
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            check_targets(value, source, f"{where}[{index}]")
+
+
+def check_target(target: Any, source: str | Path, where: str = "_target_") -> type:
+    """The class `target` names, if it is allowed (see check_targets); else UnsafeTargetError."""
+    def refuse(why: str) -> UnsafeTargetError:
+        return UnsafeTargetError(
+            f"{source}: {where}={target!r} {why}. Files loaded by this project may only build classes of "
+            f"{' or '.join(ALLOWED_MODULES)}; nothing was run. Use a file written by this project, or fix that key.")
+
+    name = str(target)
+    if not isinstance(target, str) or not any(name == m or name.startswith(m + ".") for m in ALLOWED_MODULES):
+        raise refuse("is not allowed")
+    found = _locate_allowed(name)
+    if found is None:
+        raise refuse("names nothing that exists in this version of the package")
+    module = getattr(found, "__module__", "") or ""
+    if not inspect.isclass(found) or not any(module == m or module.startswith(m + ".") for m in ALLOWED_MODULES):
+        raise refuse(f"is not a class defined in {' or '.join(ALLOWED_MODULES)} (it is {found!r})")
+    return found
+
+
+def _locate_allowed(name: str) -> Any:
+    """Import the longest module prefix of `name` (an allow-listed dotted path) and walk attributes from it."""
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            found: Any = importlib.import_module(module_name)
+        except (ImportError, ValueError):  # not a module (ValueError: an empty part, as in a..b)
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute, None)
+            if found is None:
+                return None
+        return found
+    return None

@@ -1,0 +1,138 @@
+"""Predict the digit of audio files with a trained checkpoint: `python predict.py ckpt_path=... audio=<file, folder
+or glob>` prints one line per file (and can write a CSV). Files are decoded by `load_audio` (any sample rate,
+stereo, integer or float), edge silence is trimmed inside the model, and a bad file gets an error line of its own
+while the others are still predicted."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from sdr_lightning.audio.io import load_audio
+from sdr_lightning.data.datamodule import collate_waveforms
+from sdr_lightning.errors import ConfigError, DataError
+from sdr_lightning.tasks.checkpoint import load_for_inference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FilePrediction:
+    path: str
+    probabilities: np.ndarray | None = None  # (num_classes,), None when the file failed
+    error: str | None = None
+
+    @property
+    def digit(self) -> int | None:
+        return None if self.probabilities is None else int(self.probabilities.argmax())
+
+    @property
+    def probability(self) -> float | None:
+        return None if self.probabilities is None else float(self.probabilities.max())
+
+
+def load_model(cfg: DictConfig) -> torch.nn.Module:
+    """The checkpoint `cfg.ckpt_path` in eval mode, ready for raw waveforms; a SimCLR checkpoint gets its probe refit
+    on its run's TRAIN clips first, as eval.py does (`cfg.refit_probe=false`: the checkpoint's online probe)."""
+    return load_for_inference(cfg.ckpt_path, cfg.get("run_dir"), cfg.paths, cfg.get("data_dir"),
+                              refit_probe=cfg.get("refit_probe", True)).model
+
+
+def find_audio(spec: str | Sequence[str]) -> list[Path]:
+    """Files named by `spec`: a file, a folder (its files, not recursive), a glob (`**` recursive) or a list of
+    those. A named file that does not exist is kept, to be reported as a failed file; a folder or glob that
+    matches nothing is a ConfigError."""
+    specs = [str(spec)] if isinstance(spec, (str, Path)) else [str(s) for s in spec]
+    if not specs:
+        raise ConfigError("audio=[]: name a file, a folder or a glob, e.g. audio=clips/ or audio='clips/*.wav'.")
+    files: list[Path] = []
+    for item in specs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif glob.has_magic(item):
+            found = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if p.is_file())
+        else:
+            found = [path]
+        if not found:
+            raise ConfigError(f"audio={item}: no file there; name a file, a folder or a glob such as 'clips/*.wav'.")
+        files.extend(found)
+    return list(dict.fromkeys(files))  # once each, in order
+
+
+@torch.inference_mode()
+def predict_files(model: torch.nn.Module, paths: Sequence[str | Path], batch_size: int = 64,
+                  files_in_memory: int = 2048) -> list[FilePrediction]:
+    """Probabilities for each file, in order; a file that cannot be decoded gets its error instead. Files are
+    decoded `files_in_memory` at a time, so any number of them fits in memory."""
+    sample_rate = int(model.featurizer.sample_rate)
+    results = [FilePrediction(str(path)) for path in paths]
+    for first in range(0, len(results), files_in_memory):
+        waveforms = {}
+        for index in range(first, min(first + files_in_memory, len(results))):
+            try:
+                waveforms[index] = load_audio(paths[index], sample_rate)
+            except DataError as err:
+                results[index].error = str(err)
+        # Batches of similar lengths waste little padding; padding never changes a clip's result.
+        order = sorted(waveforms, key=lambda i: len(waveforms[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = collate_waveforms([(waveforms[i], 0, i) for i in chunk])
+            probabilities = model(batch["waveform"], batch["lengths"]).float().softmax(dim=-1).numpy()
+            for i, row in zip(chunk, probabilities):
+                results[i].probabilities = row
+    return results
+
+
+def format_predictions(results: Sequence[FilePrediction]) -> str:
+    """One line per file: `path  digit  probability`, or `path  error: <why>`."""
+    width = max([len("path"), *(len(r.path) for r in results)])
+    lines = [f"{'path':<{width}}  digit  probability"]
+    for r in results:
+        if r.error is None:
+            lines.append(f"{r.path:<{width}}  {r.digit:>5}  {r.probability:.4f}")
+        else:
+            lines.append(f"{r.path:<{width}}  error: {r.error}")
+    return "\n".join(lines)
+
+
+def write_csv(results: Sequence[FilePrediction], path: Path, num_classes: int) -> None:
+    """`path, prediction, probability, prob_0 ... prob_9, error`; failed files leave the figures empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "prediction", "probability", *(f"prob_{k}" for k in range(num_classes)), "error"])
+        for r in results:
+            if r.error is None:
+                figures = [r.digit, f"{r.probability:.6f}", *(f"{p:.6f}" for p in r.probabilities)]
+            else:
+                figures = [""] * (2 + num_classes)
+            writer.writerow([r.path, *figures, r.error or ""])
+
+
+def predict(cfg: DictConfig) -> list[FilePrediction]:
+    """Print (and with `cfg.csv`, write) a prediction per file. Raises DataError only if every file failed, so the
+    command exits non-zero then and zero when at least one file was predicted."""
+    audio = cfg.audio
+    paths = find_audio(list(audio) if isinstance(audio, ListConfig) else str(audio))
+    model = load_model(cfg)
+    results = predict_files(model, paths, batch_size=cfg.batch_size)
+    print(format_predictions(results), flush=True)
+    if cfg.get("csv"):
+        write_csv(results, Path(cfg.csv).expanduser(), model.hparams.num_classes)
+        print(f"predictions: {cfg.csv}")
+    failed = sum(r.error is not None for r in results)
+    if failed == len(results):
+        raise DataError(f"none of the {len(results)} file(s) could be read as audio; see the errors above.")
+    if failed:
+        print(f"{failed} of {len(results)} file(s) failed; see their error lines.")
+    return results

@@ -1,0 +1,83 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from sdr_lightning.data.datamodule import collate_waveforms
+from sdr_lightning.models.simclr import nt_xent
+
+MODELS = ["linear", "cnn", "vit", "simclr", "bcresnet"]
+
+
+@pytest.fixture(params=MODELS)
+def model(request, make_cfg) -> pl.LightningModule:
+    cfg = make_cfg(f"model={request.param}")
+    return instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
+
+
+def variable_length_batch() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return collate_waveforms([(torch.randn(n), 0, 0) for n in (5000, 1200, 90, 3100)])
+
+
+def test_forward_any_length(model: pl.LightningModule) -> None:
+    batch = variable_length_batch()
+    logits = model(batch["waveform"], batch["lengths"])
+    assert logits.shape == (4, 10) and torch.isfinite(logits).all()
+    long = torch.randn(1, 8000 * 20)  # 20 s: far past the seed study's 150-position table
+    assert model(long, torch.tensor([long.shape[1]])).shape == (1, 10)
+
+
+def test_padding_does_not_change_a_clips_prediction(model: pl.LightningModule) -> None:
+    batch = variable_length_batch()
+    with torch.no_grad():
+        together = model(batch["waveform"], batch["lengths"])
+        for i, n in enumerate(batch["lengths"]):
+            alone = model(batch["waveform"][i:i + 1, :n], n[None])
+            torch.testing.assert_close(alone[0], together[i], rtol=1e-4, atol=1e-4)
+
+
+def test_hparams_hold_plain_values(model: pl.LightningModule) -> None:
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(plain(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    assert all(plain(v) for v in model.hparams.values()), model.hparams
+
+
+def test_nt_xent_prefers_matching_views() -> None:
+    z = torch.randn(8, 16)
+    assert nt_xent(z, z, 0.1) < nt_xent(z, torch.randn(8, 16), 0.1)
+
+
+def test_cnn_members_are_independent_models_averaged(make_cfg) -> None:
+    cfg = make_cfg("model=cnn", "model.encoder.members=3", "model.encoder.channels=16")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
+    batch = variable_length_batch()
+    with torch.no_grad():
+        features, frames = model.featurizer(batch["waveform"], batch["lengths"])
+        embedding = model.encoder(features, frames)
+        members = model.head(embedding)  # (B, members, classes)
+        logits = model(batch["waveform"], batch["lengths"])
+    assert embedding.shape == (4, 3 * 2 * 16) and members.shape == (4, 3, 10)
+    # the model's logits are the log of the members' mean probability
+    torch.testing.assert_close(logits.exp(), members.softmax(-1).mean(1))
+    # each member is its own CNN: member 0's loss gives no gradient to another member's weights
+    model.train()
+    model.head(model.encoder(features, frames))[:, 0].sum().backward()
+    block = model.encoder.blocks[0][0].weight.grad  # grouped conv: output channels member-major
+    assert block[:16].abs().sum() > 0 and block[16:].abs().sum() == 0
+    assert model.head.weight.grad[1:].abs().sum() == 0
+
+
+def test_cnn_members_training_step_averages_member_losses(make_cfg) -> None:
+    cfg = make_cfg("model=cnn", "model.encoder.members=2", "model.encoder.channels=8", "model.label_smoothing=0")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all")
+    batch = variable_length_batch()
+    batch["label"] = torch.tensor([1, 2, 3, 4])
+    outputs = model.head(model.embed(batch))
+    expected = torch.stack([torch.nn.functional.cross_entropy(outputs[:, m], batch["label"]) for m in range(2)]).mean()
+    torch.testing.assert_close(model.supervised_loss(outputs, batch["label"]), expected)

@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+from sdr_lightning.errors import ConfigError
+from sdr_lightning.tasks.evaluate import evaluate
+from sdr_lightning.analysis.predictions import read_predictions
+from sdr_lightning.tasks.train import train
+
+from tests.helpers import ROOT, compose
+
+
+def train_run(make_cfg, run_dir: Path, *overrides: str) -> dict:
+    """A short training run, with the saved config a real `python train.py` leaves in <run>/.hydra."""
+    cfg = make_cfg(*overrides, "debug=limit")
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    train(cfg)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def tensorboard_tags(log_dir: Path) -> dict:
+    events = EventMultiplexer()
+    events.AddRunsFromDirectory(str(log_dir))
+    events.Reload()
+    return events.Runs()["."]
+
+
+def test_training_writes_reports_and_tensorboard_figures(make_cfg, tmp_path: Path) -> None:
+    metrics = train_run(make_cfg, tmp_path, "model=cnn")
+    for split, key in (("dev", "val/acc"), ("test", "test/acc")):
+        folder = tmp_path / "reports" / split
+        assert {"predictions.csv", "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv"} <= {
+            p.name for p in folder.iterdir()}
+        predictions = read_predictions(folder / "predictions.csv")
+        # the report is of the same (best) weights the trainer evaluated
+        assert predictions.accuracy == pytest.approx(metrics[key], abs=1e-6)
+    tags = tensorboard_tags(tmp_path / "tensorboard")
+    assert {"confusion_matrix/dev", "confusion_matrix/test"} <= set(tags["images"])
+    mistakes = (~read_predictions(tmp_path / "reports" / "test" / "predictions.csv").correct).sum()
+    audio = [t for t in tags["audio"] if t.startswith("misclassified_test/")]
+    assert len(audio) == min(8, mistakes)
+    if audio:
+        assert "true_" in audio[0] and "_predicted_" in audio[0]
+    projector = (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert all(f"{split}_{space}" in projector for split in ("dev", "test") for space in ("encoder", "mel"))
+
+
+@pytest.mark.parametrize("model", ["model=cnn", "model=simclr"])
+def test_eval_reproduces_training_figures(make_cfg, synthetic_data: Path, tmp_path: Path, model: str) -> None:
+    run_dir = tmp_path / "run"
+    metrics = train_run(lambda *o: make_cfg(*o, f"paths.output_dir={run_dir}"), run_dir, model,
+                        "report.projector=false", "report.misclassified_audio=0")
+    out = tmp_path / "eval"
+    cfg = compose(out, [f"ckpt_path={metrics['best_checkpoint']}", f"data_dir={synthetic_data}",
+                               "report.embeddings=[tsne]"], config_name="eval")
+    summary = evaluate(cfg)
+    assert summary["dev"]["accuracy"] == pytest.approx(metrics["val/acc"], abs=1e-6)
+    assert summary["test"]["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert (out / "test" / "embeddings" / "encoder_tsne.png").is_file()
+    assert (out / "test" / "embeddings" / "mel_tsne.png").is_file()
+    assert json.loads((out / "eval_metrics.json").read_text())["splits"]["test"]["clips"] == summary["test"]["clips"]
+
+
+def test_eval_on_named_speakers(make_cfg, synthetic_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    metrics = train_run(lambda *o: make_cfg(*o, f"paths.output_dir={run_dir}"), run_dir, "model=linear")
+    out = tmp_path / "eval"
+    cfg = compose(out, [f"ckpt_path={metrics['best_checkpoint']}", f"data_dir={synthetic_data}",
+                               "speakers=[lucas]", "report.embeddings=[]"], config_name="eval")
+    summary = evaluate(cfg)
+    assert list(summary) == ["lucas"] and summary["lucas"]["clips"] == 21
+    assert set(read_predictions(out / "lucas" / "predictions.csv").speakers) == {"lucas"}
+
+
+def test_eval_without_the_run_config_says_what_to_do(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    cfg = compose(tmp_path / "eval", [f"ckpt_path={ckpt}"], config_name="eval")
+    with pytest.raises(ConfigError, match=r"config.yaml not found.*run_dir="):
+        evaluate(cfg)
+    cfg = compose(tmp_path / "eval", [f"ckpt_path={tmp_path}/nope.ckpt"], config_name="eval")
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        evaluate(cfg)
+
+
+def test_eval_script_reports_missing_checkpoint_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "eval.py", f"ckpt_path={tmp_path}/missing.ckpt"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "no such checkpoint" in result.stderr and "Traceback" not in result.stderr

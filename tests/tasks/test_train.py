@@ -1,0 +1,94 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+from sdr_lightning.tasks.train import train
+
+from tests.helpers import ROOT
+
+MODELS = [("model=linear",), ("model=cnn",), ("model=vit",), ("model=bcresnet",), ("model=simclr",),
+          ("model=simclr", "encoder=vit")]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=" ".join)
+def test_fast_dev_run_through_real_config(make_cfg, model: tuple[str, ...]) -> None:
+    cfg = make_cfg(*model, "debug=fast_dev_run")
+    assert 0.0 <= train(cfg) <= 1.0
+
+
+def test_short_run_writes_outputs_and_loads_safely(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("model=cnn", "debug=limit", "seed=7")
+    value = train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert value == metrics["val/acc"]
+    assert {"val/acc", "val/f1_macro", "test/acc", "test/f1_macro", "train_time_s", "parameters"} <= set(metrics)
+    events = EventMultiplexer()
+    events.AddRunsFromDirectory(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Runs()["."]["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr-AdamW", "hp/test_acc"} <= scalars
+    assert events.PluginRunToTagToContent("hparams")["."]  # the HPARAMS tab has this run
+    checkpoints = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and Path(metrics["best_checkpoint"]).is_file()
+
+    state = torch.load(metrics["best_checkpoint"], weights_only=True, map_location="cpu")
+    assert state["hyper_parameters"]["featurizer"]["n_mels"] == 40
+    from sdr_lightning.models import DigitClassifier
+
+    model = DigitClassifier.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu").eval()
+    wave = torch.randn(1, 4000)
+    assert model(wave, torch.tensor([4000])).argmax().item() in range(10)
+
+
+def test_same_seed_same_metrics(make_cfg, tmp_path: Path) -> None:
+    first = train(make_cfg("model=linear", "debug=limit", "seed=3", "callbacks=none", "logger=csv"))
+    second = train(make_cfg("model=linear", "debug=limit", "seed=3", "callbacks=none", "logger=csv"))
+    assert first == second
+
+
+def test_resume_from_checkpoint(make_cfg, tmp_path: Path) -> None:
+    every_epoch = ("model=linear", "debug=limit", "callbacks.model_checkpoint.save_top_k=-1")
+    train(make_cfg(*every_epoch))
+    first_epoch = tmp_path / "checkpoints" / "epoch_000.ckpt"
+    assert first_epoch.is_file()
+    train(make_cfg(*every_epoch, f"ckpt_path={first_epoch}"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_multirun_sweeps_models(synthetic_data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path),
+           "SDR_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "model=cnn,linear", "debug=limit", "data.batch_size=16",
+         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent.name for p in tmp_path.glob("multirun/*/*/metrics.json"))
+    assert len(runs) == 2
+    assert runs[0].startswith("0_") and "model-cnn" in runs[0] and "model-linear" in runs[1]
+    assert len({p.parent for p in tmp_path.glob("multirun/*/*/tensorboard/events.out.tfevents.*")}) == 2
+
+
+def test_user_errors_print_one_message_without_traceback(synthetic_data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "train.py", "data.train_speakers=[lucas]", "debug=fast_dev_run"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "error: Speaker(s) ['lucas']" in result.stderr and "allow_speaker_overlap" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_end_to_end_on_real_clips(make_cfg, shared_data: Path, tmp_path: Path) -> None:
+    cfg = make_cfg(f"data.dir={shared_data}", "model=cnn", "trainer.max_epochs=3", "data.batch_size=64",
+                   "+trainer.limit_train_batches=15")
+    accuracy = train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert accuracy > 0.3  # 45 steps on real speech already beat chance (0.1)
+    assert 0.0 < metrics["test/acc"] <= 1.0

@@ -13,8 +13,9 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig

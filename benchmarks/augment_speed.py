@@ -14,8 +14,8 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchaudio.functional as AF

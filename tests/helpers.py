@@ -24,8 +24,8 @@ SAMPLE_RATE = 8000
 # Test runs print no progress bars and never look for a GPU.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.accelerator=cpu"]
 
-__all__ = ["CONFIG_DIR", "EVAL_SPEAKERS", "FeatureConsumer", "ROOT", "SAMPLE_RATE", "SHARED_DATA", "TRAIN_SPEAKERS", "compose",
-           "train_tiny", "write_metadata", "write_synthetic_dataset"]
+__all__ = ["CONFIG_DIR", "EVAL_SPEAKERS", "FeatureConsumer", "ROOT", "SAMPLE_RATE", "SHARED_DATA", "TRAIN_SPEAKERS",
+           "compose", "train_tiny", "write_metadata", "write_synthetic_dataset"]
 
 
 def write_synthetic_dataset(folder: Path, takes: int = 2, seed: int = 0) -> Path:

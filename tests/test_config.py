@@ -6,7 +6,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sdr_lightning.audio.augment import AugmentationPipeline
-
 from tests.helpers import CONFIG_DIR, compose
 
 

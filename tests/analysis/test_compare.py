@@ -10,7 +10,6 @@ import pytest
 from matplotlib.image import imread
 
 from sdr_lightning.analysis.compare import compare, group_label, main
-
 from tests.helpers import ROOT
 
 CLIPS = 40
@@ -184,6 +183,7 @@ def test_only_failed_jobs_is_an_error(tmp_path: Path) -> None:
         main([str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_top_level_script(sweep_results, tmp_path: Path) -> None:
     sweep = sweep_results[0]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from sdr_lightning.analysis.embeddings import embedding_report, plot_embedding, project, separation_scores, write_projector
+from sdr_lightning.analysis.embeddings import (
+    embedding_report,
+    plot_embedding,
+    project,
+    separation_scores,
+    write_projector,
+)
 
 DIGITS, SPEAKERS, PER_GROUP = (0, 3, 5, 9), ("george", "theo"), 8
 
@@ -41,6 +47,7 @@ def test_tsne_keeps_digit_clusters_and_is_deterministic(blobs) -> None:
     assert nearest_centroid_accuracy(points, labels) > 0.9
 
 
+@pytest.mark.slow  # umap imports numba: seconds
 def test_umap_keeps_digit_clusters_and_is_deterministic(blobs) -> None:
     vectors, labels, _ = blobs
     points = project(vectors, "umap", seed=1)  # pays the one-off numba compile (~7 s)

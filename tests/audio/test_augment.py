@@ -6,12 +6,25 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sdr_lightning.audio.augment import (AddNoise, Augmentation, AugmentationPipeline, Fade, FilterAugment, FreqWarp,
-                                   Gain, PitchShift, SpecAugment, SpeedPerturb, TimeCrop, TimeShift, TimeStretch,
-                                   TimeWarp)
+from sdr_lightning.audio.augment import (
+    AddNoise,
+    Augmentation,
+    AugmentationPipeline,
+    Fade,
+    FilterAugment,
+    FreqWarp,
+    Gain,
+    PitchShift,
+    SpecAugment,
+    SpeedPerturb,
+    TimeCrop,
+    TimeShift,
+    TimeStretch,
+    TimeWarp,
+)
+from sdr_lightning.audio.features import LogMel, lengths_to_mask
 from sdr_lightning.data.datamodule import SpokenDigitDataModule, collate_waveforms
 from sdr_lightning.errors import ConfigError
-from sdr_lightning.audio.features import LogMel, lengths_to_mask
 from sdr_lightning.tasks.train import build, train
 from tests.helpers import FeatureConsumer
 
@@ -216,7 +229,8 @@ def test_pipeline_runs_in_config_order_and_checks_its_config() -> None:
     with pytest.raises(ConfigError, match="is not an sdr_lightning.audio.augment.Augmentation"):
         AugmentationPipeline({"waveform": {"x": {"_target_": "torch.nn.Identity"}}})
     with pytest.raises(ConfigError, match="model.augment.waveform.speed: .*unexpected keyword argument 'factor'"):
-        AugmentationPipeline({"waveform": {"speed": {"_target_": "sdr_lightning.audio.augment.SpeedPerturb", "factor": 2}}})
+        AugmentationPipeline({"waveform": {"speed": {"_target_": "sdr_lightning.audio.augment.SpeedPerturb",
+                                                     "factor": 2}}})
     with pytest.raises(ConfigError, match="p=1.5"):
         Gain(p=1.5)
     assert isinstance(SpecAugment(), Augmentation)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.audio.features import LogMel, downsample_spectrogram
+from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.errors import ConfigError
 
 

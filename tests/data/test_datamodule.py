@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import sdr_lightning.data.datamodule as datamodule_module
+from sdr_lightning.audio.features import LogMel
 from sdr_lightning.data.datamodule import SpokenDigitDataModule
 from sdr_lightning.errors import DataError
-from sdr_lightning.audio.features import LogMel
 from tests.helpers import FeatureConsumer
 
 

@@ -25,7 +25,8 @@ from sdr_lightning.data.download import (
 from sdr_lightning.errors import DataError
 
 TOP = "free-spoken-digit-dataset-1.0.10"
-CLIP_NAMES = [f"{digit}_{speaker}_{index}.wav" for digit, speaker in ((0, "alice"), (1, "bob"), (2, "carol")) for index in (0, 1)]
+CLIP_NAMES = [f"{digit}_{speaker}_{index}.wav" for digit, speaker in ((0, "alice"), (1, "bob"), (2, "carol"))
+              for index in (0, 1)]
 
 
 def _tone(frequency: float) -> bytes:
@@ -227,7 +228,8 @@ def test_unreachable_url(dataset, monkeypatch):
     monkeypatch.setattr(urllib.request, "_opener", None)
     url = "http://127.0.0.1:9/fsdd.tar.gz"
     with pytest.raises(DataError) as info:
-        prepare_fsdd(dataset["target"], url=url, checksums=dataset["checksums"], metadata=dataset["metadata"], timeout=5)
+        prepare_fsdd(dataset["target"], url=url, checksums=dataset["checksums"], metadata=dataset["metadata"],
+                     timeout=5)
     message = str(info.value)
     assert f"Could not download FSDD v1.0.10 from {url}" in message
     assert "data.dir" in message and "SDR_DATA_DIR" in message and "data.download_url" in message

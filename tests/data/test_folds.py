@@ -5,7 +5,6 @@ import pytest
 from sdr_lightning.data.datamodule import SpokenDigitDataModule
 from sdr_lightning.data.metadata import loso_split, read_metadata, select_splits
 from sdr_lightning.errors import DataError
-
 from tests.helpers import compose
 
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]

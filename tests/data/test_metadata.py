@@ -4,7 +4,6 @@ import pytest
 
 from sdr_lightning.data.metadata import check_files_exist, read_metadata, select_splits
 from sdr_lightning.errors import DataError
-
 from tests.helpers import write_metadata
 
 ROWS = [

@@ -8,10 +8,10 @@ import torch
 from hydra.utils import instantiate
 
 import sdr_lightning.models.simclr as simclr_module
+from sdr_lightning.audio.features import LogMel
 from sdr_lightning.data.datamodule import SpokenDigitDataModule
 from sdr_lightning.data.metadata import UNLABELED
 from sdr_lightning.errors import ConfigError, DataError
-from sdr_lightning.audio.features import LogMel
 from sdr_lightning.models.simclr import SimCLR, embedding_spread
 from sdr_lightning.tasks.train import build, train
 from tests.helpers import FeatureConsumer

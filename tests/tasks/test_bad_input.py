@@ -29,13 +29,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sdr_lightning.tasks.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+from sdr_lightning.audio.features import LogMel
 from sdr_lightning.data.datamodule import SpokenDigitDataModule
 from sdr_lightning.errors import ConfigError, DataError
-from sdr_lightning.audio.features import LogMel
+from sdr_lightning.tasks.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 from sdr_lightning.tasks.train import build, train
-
-from tests.helpers import FeatureConsumer, ROOT, SAMPLE_RATE, compose, write_synthetic_dataset
+from tests.helpers import ROOT, SAMPLE_RATE, FeatureConsumer, compose, write_synthetic_dataset
 
 
 def tone(seconds: float, rate: int = SAMPLE_RATE, frequency: float = 440.0) -> np.ndarray:
@@ -149,6 +148,7 @@ def test_training_on_short_and_odd_clips_runs_with_a_finite_loss(tmp_path: Path)
 
 # ---- configuration mistakes ----
 
+@pytest.mark.slow
 def test_misspelled_key_is_hydras_one_message_without_traceback(synthetic_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "train.py", "trainer.max_epoch=3"], cwd=ROOT, env=env,

@@ -103,6 +103,7 @@ def test_run_config_model_class_must_be_allowed(cnn_run: dict, tmp_path: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_predict_command_refuses_the_exploit(cnn_run: dict, tmp_path: Path) -> None:
     """The measured defect: predict.py on a checkpoint whose featurizer is builtins.open(mode='w') truncated a file."""
     target = victim(tmp_path)
@@ -123,7 +124,8 @@ def test_resume_refuses_replayed_target_overrides(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     marker = tmp_path / "pwned"
-    for override in ("model.featurizer._target_=os.system", f"+model.evil={{_target_:os.system,_args_:[touch {marker}]}}"):
+    for override in ("model.featurizer._target_=os.system",
+                     f"+model.evil={{_target_:os.system,_args_:[touch {marker}]}}"):
         (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create([override])))
         with pytest.raises(UnsafeTargetError, match="overrides.yaml"):
             resume_arguments(["train.py", f"resume_dir={run}"])

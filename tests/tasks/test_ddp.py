@@ -18,6 +18,9 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 
 from tests.helpers import ROOT
 
+# subprocesses, DDP ranks, Optuna trials or exporters: the slow tier (pytest -m slow)
+pytestmark = pytest.mark.slow
+
 
 class BatchIndexRecorder(pl.Callback):
     """Test instrument, added with `+callbacks.indices=...`: the clip indices of every batch each rank sees, per

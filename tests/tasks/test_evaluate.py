@@ -7,11 +7,10 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+from sdr_lightning.analysis.predictions import read_predictions
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.tasks.evaluate import evaluate
-from sdr_lightning.analysis.predictions import read_predictions
 from sdr_lightning.tasks.train import train
-
 from tests.helpers import ROOT, compose
 
 
@@ -90,6 +89,7 @@ def test_eval_without_the_run_config_says_what_to_do(tmp_path: Path) -> None:
         evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_eval_script_reports_missing_checkpoint_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "eval.py", f"ckpt_path={tmp_path}/missing.ckpt"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -15,9 +15,11 @@ from hydra.utils import instantiate
 from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.tasks.checkpoint import load_checkpoint
-from sdr_lightning.tasks.export import export_model, export
-
+from sdr_lightning.tasks.export import export, export_model
 from tests.helpers import ROOT, compose
+
+# subprocesses, DDP ranks, Optuna trials or exporters: the slow tier (pytest -m slow)
+pytestmark = pytest.mark.slow
 
 # lengths in samples at 8 kHz: shorter than one FFT window (256), exactly one, 0.5 s, and one odd long clip
 LENGTHS = [10, 256, 4000, 12345]
@@ -69,7 +71,8 @@ def test_export_command_writes_models_that_match_the_checkpoint(cnn_run: dict, t
 
 
 # the ViT pads short inputs to a patch and derives its patch count from the length: the hardest shapes to export
-SMALL_VIT = ["model=vit", "model.encoder.depth=1", "model.encoder.dim=32", "model.encoder.heads=2", "model.encoder.mlp_dim=64"]
+SMALL_VIT = ["model=vit", "model.encoder.depth=1", "model.encoder.dim=32", "model.encoder.heads=2",
+             "model.encoder.mlp_dim=64"]
 
 
 # best_cnn's featurizer smooths with a DCT projection (cepstra) and its model owns training-only augmentations

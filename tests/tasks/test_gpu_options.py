@@ -12,13 +12,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.helpers import CONFIG_DIR
 from sdr_lightning.models import DigitClassifier
 from sdr_lightning.tasks.train import build, train
+from tests.helpers import CONFIG_DIR
 
 QUICK = ("debug=limit", "report.projector=false", "report.misclassified_audio=0", "seed=5")
 
 
+@pytest.mark.slow  # torch.compile takes seconds
 def test_compile_trains_and_its_checkpoint_loads_uncompiled(make_cfg, tmp_path: Path) -> None:
     # aot_eager goes through Dynamo and AOTAutograd like inductor, without inductor's minutes of C++ codegen
     overrides = ("model=cnn", *QUICK, "compile.enabled=true", "compile.backend=aot_eager")

@@ -22,6 +22,9 @@ from omegaconf import OmegaConf
 
 from tests.helpers import CONFIG_DIR, ROOT
 
+# subprocesses, DDP ranks, Optuna trials or exporters: the slow tier (pytest -m slow)
+pytestmark = pytest.mark.slow
+
 SEARCHES = {"cnn": "DigitClassifier/TemporalCNN", "linear": "DigitClassifier/DownsampledMel",
             "vit": "DigitClassifier/SpectrogramTransformer", "simclr": "SimCLR/TemporalCNN"}
 

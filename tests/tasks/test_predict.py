@@ -2,7 +2,6 @@
 and agreement with the evaluation reports of the same checkpoint."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -13,13 +12,11 @@ import pytest
 import soundfile
 import torch
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
+from sdr_lightning.analysis.predictions import read_predictions
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.errors import ConfigError, DataError
-from sdr_lightning.tasks.predict import find_audio, load_model, predict_files, predict
-from sdr_lightning.analysis.predictions import read_predictions
-
+from sdr_lightning.tasks.predict import find_audio, load_model, predict, predict_files
 from tests.helpers import ROOT, compose, train_tiny
 
 RATE = 8000
@@ -170,6 +167,7 @@ def test_missing_checkpoint_is_a_config_error(tmp_path: Path) -> None:
         load_model(predict_cfg(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}", "audio=x"))
 
 
+@pytest.mark.slow
 def test_predict_command_line(cnn_run: dict, tmp_path: Path) -> None:
     soundfile.write(tmp_path / "one.wav", tone(0.5, 16000), 16000)
     (tmp_path / "two.wav").write_text("not audio")

@@ -21,7 +21,6 @@ import torch
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.tasks.launch import resume_arguments
 from sdr_lightning.tasks.train import train
-
 from tests.helpers import ROOT
 
 # CNN with a waveform augmentation: shuffling, noise and dropout all draw from the random generators.
@@ -44,11 +43,13 @@ def finish(process: subprocess.Popen, log: Path) -> str:
     return log.read_text()
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_metrics(synthetic_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_CACHE_DIR": str(tmp_path / "cache"),
            "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    uninterrupted = start_training([*RUN, f"hydra.run.dir={full}"], env, tmp_path / "full.log")  # side by side: saves time
+    # side by side: saves time
+    uninterrupted = start_training([*RUN, f"hydra.run.dir={full}"], env, tmp_path / "full.log")
     process = start_training([*RUN, f"hydra.run.dir={killed}"], env, tmp_path / "killed.log")
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
@@ -106,6 +107,7 @@ def test_ckpt_path_last_continues_this_runs_directory(make_cfg, tmp_path: Path,
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_multirun_reports_failed_jobs_and_runs_the_others(synthetic_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path),
            "SDR_CACHE_DIR": str(tmp_path / "cache")}

@@ -9,7 +9,6 @@ import torch
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from sdr_lightning.tasks.train import train
-
 from tests.helpers import ROOT
 
 MODELS = [("model=linear",), ("model=cnn",), ("model=vit",), ("model=bcresnet",), ("model=simclr",),
@@ -61,6 +60,7 @@ def test_resume_from_checkpoint(make_cfg, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_models(synthetic_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path),
            "SDR_CACHE_DIR": str(tmp_path / "cache")}
@@ -76,6 +76,7 @@ def test_multirun_sweeps_models(synthetic_data: Path, tmp_path: Path) -> None:
     assert len({p.parent for p in tmp_path.glob("multirun/*/*/tensorboard/events.out.tfevents.*")}) == 2
 
 
+@pytest.mark.slow
 def test_user_errors_print_one_message_without_traceback(synthetic_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_LOG_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "train.py", "data.train_speakers=[lucas]", "debug=fast_dev_run"],

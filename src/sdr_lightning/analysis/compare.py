@@ -24,11 +24,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from sdr_lightning.errors import DataError, SdrError
 from sdr_lightning.analysis.predictions import read_predictions
 from sdr_lightning.analysis.significance import accuracy_ci, paired_bootstrap
 from sdr_lightning.analysis.tables import markdown_table
 from sdr_lightning.data.metadata import METRIC_PREFIXES, REPORT_FOLDERS
+from sdr_lightning.errors import DataError, SdrError
 
 # Overrides that say where things are or how they display, not what was trained.
 NOISE_KEYS = {"data.dir", "data.cache_dir", "ckpt_path", "trainer.enable_progress_bar", "trainer.enable_model_summary"}

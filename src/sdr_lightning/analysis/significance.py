@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdr_lightning.errors import DataError, SdrError
 from sdr_lightning.analysis.predictions import read_predictions
+from sdr_lightning.errors import DataError, SdrError
 
 
 @dataclass(frozen=True)

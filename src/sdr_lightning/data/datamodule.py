@@ -7,19 +7,26 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
-from sdr_lightning.data.metadata import (METADATA_FILENAME, UNLABELED, Clip, check_files_exist, read_metadata,
-                                         resolve_labeled_speakers, select_splits)
+from sdr_lightning.data.metadata import (
+    METADATA_FILENAME,
+    UNLABELED,
+    Clip,
+    check_files_exist,
+    read_metadata,
+    resolve_labeled_speakers,
+    select_splits,
+)
 from sdr_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

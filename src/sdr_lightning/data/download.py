@@ -23,10 +23,11 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from sdr_lightning.data.metadata import METADATA_FILENAME
 from sdr_lightning.errors import DataError

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
-from sdr_lightning.audio.io import load_audio
-from sdr_lightning.data.metadata import REPORT_FOLDERS
-from sdr_lightning.audio.features import downsample_spectrogram
 from sdr_lightning.analysis.predictions import Predictions
 from sdr_lightning.analysis.report import SplitReport, confusion_figure, format_per_class, write_split_report
+from sdr_lightning.audio.features import downsample_spectrogram
+from sdr_lightning.audio.io import load_audio
+from sdr_lightning.data.metadata import REPORT_FOLDERS
 from sdr_lightning.tasks.checkpoint import load_checkpoint, run_datamodule
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.errors import ConfigError
 from sdr_lightning.models.classifier import combine_members
 from sdr_lightning.tasks.predict import load_model
-
 
 FILENAMES = {"torchscript": "model.pt", "onnx": "model.onnx", "exported_program": "model.pt2"}
 INPUT_NAMES = ["waveform", "lengths"]

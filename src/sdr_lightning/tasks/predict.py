@@ -8,9 +8,9 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -159,8 +159,9 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any])
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], output_dir: Path) -> None:
     name = model_name(cfg)
     lines = [
-        f"{name}: DEV acc {metrics.get('val/acc', float('nan')):.4f} | TEST acc {metrics.get('test/acc', float('nan')):.4f}"
-        f" | TEST macro-F1 {metrics.get('test/f1_macro', float('nan')):.4f}",
+        f"{name}: DEV acc {metrics.get('val/acc', float('nan')):.4f} | "
+        f"TEST acc {metrics.get('test/acc', float('nan')):.4f} | "
+        f"TEST macro-F1 {metrics.get('test/f1_macro', float('nan')):.4f}",
         f"trained {metrics['epochs']} epochs in {metrics['train_time_s']:.0f} s; {metrics['parameters']:,} parameters",
         f"run directory: {output_dir}",
     ]
@@ -170,5 +171,5 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], output_dir: Path) ->
 
 
 def model_name(cfg: DictConfig) -> str:
-    """What a run trained, in a few words: the LightningModule's class and its encoder's (DigitClassifier/TemporalCNN)."""
+    """What a run trained: the LightningModule's class and its encoder's, e.g. DigitClassifier/TemporalCNN."""
     return f"{cfg.model._target_.rsplit('.', 1)[-1]}/{cfg.model.encoder._target_.rsplit('.', 1)[-1]}"

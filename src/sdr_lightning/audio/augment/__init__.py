@@ -8,7 +8,14 @@ pipeline.py: the model's two chains, built from the `augment` config (conf/augme
 
 from sdr_lightning.audio.augment.base import Augmentation
 from sdr_lightning.audio.augment.pipeline import AugmentationPipeline
-from sdr_lightning.audio.augment.spectrogram import FilterAugment, FreqWarp, SpecAugment, TimeCrop, TimeStretch, TimeWarp
+from sdr_lightning.audio.augment.spectrogram import (
+           FilterAugment,
+           FreqWarp,
+           SpecAugment,
+           TimeCrop,
+           TimeStretch,
+           TimeWarp,
+)
 from sdr_lightning.audio.augment.waveform import AddNoise, Fade, Gain, PitchShift, SpeedPerturb, TimeShift
 
 __all__ = ["AddNoise", "Augmentation", "AugmentationPipeline", "Fade", "FilterAugment", "FreqWarp", "Gain",

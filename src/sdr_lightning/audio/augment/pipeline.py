@@ -9,7 +9,8 @@ weights_only=True); the modules hold no weights, so they add nothing to the stat
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -63,7 +64,7 @@ def build_stage(stage: str, nodes: Mapping[str, Any] | None) -> dict[str, Augmen
         except InstantiationException as err:  # a bad value or a misspelt argument: name the entry at fault
             raise ConfigError(f"{where}: {err.__cause__ or err}") from err
         if not isinstance(module, Augmentation):
-            raise ConfigError(f"{where}: {node['_target_']} is not an sdr_lightning.audio.augment.Augmentation; use one "
-                              "of the classes in sdr_lightning/augment/ (or subclass Augmentation).")
+            raise ConfigError(f"{where}: {node['_target_']} is not an sdr_lightning.audio.augment.Augmentation; use "
+                              "one of the classes in sdr_lightning/audio/augment/ (or subclass Augmentation).")
         modules[name] = module
     return modules

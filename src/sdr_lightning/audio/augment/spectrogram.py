@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from sdr_lightning.audio.augment.base import Augmentation, check_range, uniform
-from sdr_lightning.errors import ConfigError
 from sdr_lightning.audio.features import lengths_to_mask
+from sdr_lightning.errors import ConfigError
 
 
 class SpecAugment(Augmentation):

@@ -7,15 +7,15 @@ batch costs one torchaudio call per value present rather than one per clip.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
 from sdr_lightning.audio.augment.base import Augmentation, check_range, uniform
-from sdr_lightning.errors import ConfigError
 from sdr_lightning.audio.features import lengths_to_mask
+from sdr_lightning.errors import ConfigError
 
 # Pitch-shift resampling rates are rounded to this many Hz, so the rational resampling ratio has a small
 # denominator (8000 -> 8500 Hz is 16/17) and its polyphase kernel stays short.

@@ -9,7 +9,7 @@ zeroed after every block and pooling covers valid frames only, so predictions do
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

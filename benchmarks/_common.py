@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from sdr_lightning.analysis.tables import markdown_table  # noqa: F401 - the benchmarks' tables
 from sdr_lightning.config import compose_config
-from sdr_lightning.data import datamodule as datamodule_module
+from sdr_lightning.data.cache import clear_memory
 from sdr_lightning.data.metadata import METADATA_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def run_config(overrides: Sequence[str], run_dir: Path, data: Path, cache_dir: P
 
 def clear_memory_cache() -> None:
     """Forget the clips and features decoded earlier in this process, so the next setup reads disk again."""
-    datamodule_module._MEMORY_CACHE.clear()
+    clear_memory()
 
 
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:

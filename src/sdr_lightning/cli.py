@@ -18,8 +18,10 @@ errors answer without loading torch.
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -56,11 +58,27 @@ def hydra_command(config_name: str, task: str, resumable: bool = False) -> Calla
             try:
                 return run(cfg)
             except SdrError as err:  # our own errors already say what to do: no traceback
+                discard_empty_run_dir()
                 sys.exit(f"error: {err}")
 
         main()
 
     return command
+
+
+def discard_empty_run_dir() -> None:
+    """Remove the run folder Hydra made for this job if the job wrote nothing into it (a refused config, a missing
+    clip): only Hydra's own `.hydra/` record and the job's log. A folder holding anything else is kept."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    log_name = f"{HydraConfig.get().job.name}.log"
+    if not (folder / ".hydra").is_dir():
+        return  # not a folder Hydra made for a run (eval, predict and export write none)
+    for path in folder.rglob("*"):
+        if path.is_file() and path.name != log_name and ".hydra" not in path.relative_to(folder).parts:
+            return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def argparse_command(module: str) -> Callable[[list[str] | None], None]:

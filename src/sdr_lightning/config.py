@@ -2,6 +2,8 @@
 
 - `compose_config`: `conf/<name>.yaml` plus overrides, as the command line composes it (tests and benchmarks use it).
 - `instantiate_part`: `hydra.utils.instantiate` with one-line errors that name the config key at fault.
+- `validate_train_config`: the values a run cannot work with, refused before any work with one line naming the key,
+  the value and the valid range.
 - `check_targets`: refuse any `_target_` outside this package, `torch.optim` and `torch.optim.lr_scheduler`, before
   anything is imported or called. Every config read from a file (a checkpoint's hyperparameters, a run folder's
   `.hydra/` files) goes through it: instantiating is running code, and those files may come from anyone.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,47 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train",
     return cfg
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+# key, test, the valid range in words. Keys a config does not have (another optimizer, say) are skipped.
+TRAIN_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: v is None or _integer(v), "an integer, or null to leave the random generators unseeded"),
+    ("trainer.max_epochs", lambda v: _integer(v) and v >= 1,
+     "an integer >= 1 (the one-cycle schedule spans a fixed number of epochs, so -1, Lightning's 'forever', cannot "
+     "be scheduled)"),
+    ("trainer.check_val_every_n_epoch", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1 (clips per training step)"),
+    ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.num_workers", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: load in the main process)"),
+    ("data.cache_max_gb", lambda v: v is None or (_number(v) and v > 0), "a number of GB > 0, or null for no bound"),
+    ("model.optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0, e.g. 3e-3"),
+    ("model.optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("model.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+]
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """ConfigError for the first value in TRAIN_CHECKS outside its range, before anything is built or read."""
+    for key, valid, expected in TRAIN_CHECKS:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True, default=_ABSENT)
+        except Exception as err:  # noqa: BLE001 - a missing (???) or broken interpolation: say which key
+            raise ConfigError(f"{key}: cannot read its value ({str(err).splitlines()[0]}).") from err
+        if value is _ABSENT:
+            continue
+        if not valid(value):
+            raise ConfigError(f"{key}={value!r} cannot work; use {expected}.")
+
+
+_ABSENT = object()
+
+
 def instantiate_part(where: str, node: Mapping[str, Any] | DictConfig, **kwargs: Any) -> Any:
     """`instantiate(node, **kwargs)`. A bad value or a misspelt argument becomes one ConfigError naming `where` (the
     config key, e.g. model.encoder); our own errors raised inside a constructor come out as themselves."""
@@ -78,9 +122,18 @@ def instantiate_part(where: str, node: Mapping[str, Any] | DictConfig, **kwargs:
             cause = cause.__cause__
         if cause is not None:
             raise cause from err
-        if isinstance(err.__cause__, (TypeError, ValueError)):  # e.g. an argument the class does not take
+        if isinstance(err.__cause__, _refused_value_errors()):  # e.g. an argument the class does not take
             raise ConfigError(f"{where} ({node['_target_']}): {err.__cause__}") from err
         raise
+
+
+def _refused_value_errors() -> tuple[type[Exception], ...]:
+    """What a constructor raises for a value it refuses: Python's own, and Lightning's MisconfigurationException."""
+    try:
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:
+        return (TypeError, ValueError)
+    return (TypeError, ValueError, MisconfigurationException)
 
 
 def check_targets(node: Any, source: str | Path, where: str = "") -> None:

@@ -11,3 +11,7 @@ class DataError(SdrError):
 
 class ConfigError(SdrError):
     """A configuration value that cannot work."""
+
+
+class OutputError(SdrError):
+    """A result could not be written (a full disk, a read-only folder); what was written before is kept."""

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sdr_lightning.data.cache as cache_module
 import sdr_lightning.data.datamodule as datamodule_module
 from sdr_lightning.audio.features import LogMel
 from sdr_lightning.data.datamodule import SpokenDigitDataModule
@@ -19,7 +20,7 @@ def make(data_dir: Path, cache_dir: Path, **kwargs) -> SpokenDigitDataModule:
 
 @pytest.fixture(autouse=True)
 def empty_memory_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datamodule_module, "_MEMORY_CACHE", {})
+    monkeypatch.setattr(cache_module, "_MEMORY", {})
 
 
 def test_reference_splits(synthetic_data: Path, tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_second_run_reads_disk_cache_without_decoding(synthetic_data: Path, tmp_
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     first = make(synthetic_data, tmp_path)
     assert list(tmp_path.glob("*.pt"))
-    monkeypatch.setattr(datamodule_module, "_MEMORY_CACHE", {})
+    monkeypatch.setattr(cache_module, "_MEMORY", {})
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("wav decoded again despite the cache")

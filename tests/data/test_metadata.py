@@ -79,3 +79,21 @@ def test_unknown_speaker_and_empty_split(tmp_path: Path) -> None:
         select_splits(clips, train_speakers=["gorge"])
     with pytest.raises(DataError, match="DEV is empty"):
         select_splits([c for c in clips if c.split != "DEV"])
+
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path: Path) -> None:
+    """Spreadsheet programs save 'UTF-8' with a BOM, which made the first column look missing."""
+    folder = table(tmp_path)
+    path = folder / "SDR_metadata.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [c.identifier for c in read_metadata(folder)] == [row[0] for row in ROWS]
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    folder = table(tmp_path)
+    path = folder / "SDR_metadata.tsv"
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"lucas", b"luc\xe1s")  # Latin-1 "á"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"SDR_metadata.tsv, line 4: byte 0xe1 is not UTF-8 text; save the file as"):
+        read_metadata(folder)

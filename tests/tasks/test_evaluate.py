@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from sdr_lightning.analysis.predictions import read_predictions
-from sdr_lightning.errors import ConfigError
+from sdr_lightning.errors import ConfigError, DataError
 from sdr_lightning.tasks.evaluate import evaluate
 from sdr_lightning.tasks.train import train
 from tests.helpers import ROOT, compose
@@ -57,7 +58,7 @@ def test_eval_reproduces_training_figures(make_cfg, synthetic_data: Path, tmp_pa
                         "report.projector=false", "report.misclassified_audio=0")
     out = tmp_path / "eval"
     cfg = compose(out, [f"ckpt_path={metrics['best_checkpoint']}", f"data_dir={synthetic_data}",
-                               "report.embeddings=[tsne]"], config_name="eval")
+                        f"output_dir={out}", "report.embeddings=[tsne]"], config_name="eval")
     summary = evaluate(cfg)
     assert summary["dev"]["accuracy"] == pytest.approx(metrics["val/acc"], abs=1e-6)
     assert summary["test"]["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
@@ -71,7 +72,7 @@ def test_eval_on_named_speakers(make_cfg, synthetic_data: Path, tmp_path: Path) 
     metrics = train_run(lambda *o: make_cfg(*o, f"paths.output_dir={run_dir}"), run_dir, "model=linear")
     out = tmp_path / "eval"
     cfg = compose(out, [f"ckpt_path={metrics['best_checkpoint']}", f"data_dir={synthetic_data}",
-                               "speakers=[lucas]", "report.embeddings=[]"], config_name="eval")
+                        f"output_dir={out}", "speakers=[lucas]", "report.embeddings=[]"], config_name="eval")
     summary = evaluate(cfg)
     assert list(summary) == ["lucas"] and summary["lucas"]["clips"] == 21
     assert set(read_predictions(out / "lucas" / "predictions.csv").speakers) == {"lucas"}
@@ -95,3 +96,53 @@ def test_eval_script_reports_missing_checkpoint_without_traceback(tmp_path: Path
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "no such checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def corrupt_run(cnn_run: dict, folder: Path, content: bytes) -> Path:
+    """A run folder whose checkpoint is `content` (empty, or text renamed .ckpt) beside a good run config."""
+    source = Path(cnn_run["best_checkpoint"]).parent.parent
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source / ".hydra", folder / ".hydra")
+    ckpt = folder / "checkpoints" / "broken.ckpt"
+    ckpt.write_bytes(content)
+    return ckpt
+
+
+@pytest.mark.parametrize("content", [b"", b"these are notes, not a checkpoint\n"], ids=["empty", "text"])
+def test_a_corrupt_checkpoint_is_one_error_in_eval_predict_and_export(cnn_run: dict, tmp_path: Path,
+                                                                    content: bytes) -> None:
+    from sdr_lightning.tasks.export import export
+    from sdr_lightning.tasks.predict import predict
+
+    ckpt = corrupt_run(cnn_run, tmp_path / "run", content)
+    commands = [(evaluate, "eval", []), (predict, "predict", ["audio=x.wav"]), (export, "export", [])]
+    for command, config, extra in commands:
+        cfg = compose(tmp_path / "out", [f"ckpt_path={ckpt}", *extra], config_name=config)
+        refused = r"broken.ckpt: cannot read it as a checkpoint \((the file is empty|not a whole)"
+        with pytest.raises(ConfigError, match=refused):
+            command(cfg)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "checkpoints"]  # no eval/, export/
+
+
+def test_a_failed_eval_leaves_no_folder(cnn_run: dict, tmp_path: Path) -> None:
+    """The checkpoint loads but the clips are not there: nothing is written into the run."""
+    run = tmp_path / "run"
+    shutil.copytree(Path(cnn_run["best_checkpoint"]).parent.parent, run, ignore=shutil.ignore_patterns("eval"))
+    cfg = compose(tmp_path / "out", [f"ckpt_path={run / 'checkpoints' / Path(cnn_run['best_checkpoint']).name}",
+                                     f"data_dir={tmp_path / 'nowhere'}", "report.embeddings=[]"], config_name="eval")
+    with pytest.raises(DataError, match="nowhere"):
+        evaluate(cfg)
+    assert not (run / "eval").exists()
+
+
+@pytest.mark.slow
+def test_eval_script_on_an_empty_checkpoint_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """`: > empty.ckpt; python eval.py ckpt_path=empty.ckpt` crashed with IndexError and made ../eval/<time>."""
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    (cwd / "empty.ckpt").write_bytes(b"")
+    result = subprocess.run([sys.executable, str(ROOT / "eval.py"), "ckpt_path=empty.ckpt"], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "empty.ckpt"]  # no eval/ anywhere

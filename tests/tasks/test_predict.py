@@ -131,7 +131,8 @@ def test_mixed_folder_predicts_good_files_and_reports_each_bad_one(cnn_run: dict
         assert any(line.startswith(str(folder / name)) and "error:" in line for line in printed)
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["path", "prediction", "probability", *(f"prob_{k}" for k in range(10)), "error"]
+    assert list(rows[0]) == ["path", "prediction", "probability", *(f"prob_{k}" for k in range(10)), "error",
+                            "warning"]
     for row in rows:
         result = by_name[Path(row["path"]).name]
         if result.error is None:
@@ -160,6 +161,64 @@ def test_audio_argument_forms(tmp_path: Path) -> None:
     assert find_audio(str(tmp_path / "typo.wav")) == [tmp_path / "typo.wav"]  # reported later, as a failed file
     with pytest.raises(ConfigError, match="no file there"):
         find_audio(f"{tmp_path}/*.mp3")
+
+
+def test_a_symlink_loop_predicts_each_file_once(cnn_run: dict, tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    soundfile.write(clips / "a.wav", tone(0.5, RATE), RATE)
+    (clips / "again").symlink_to(clips, target_is_directory=True)  # ** would follow it round and round
+    (clips / "same.wav").symlink_to(clips / "a.wav")
+    found = find_audio(f"{clips}/**/*.wav")
+    assert found == [clips / "a.wav"]  # one file, however many paths reach it
+    results = predict(predict_cfg(tmp_path, f"ckpt_path={cnn_run['best_checkpoint']}", f"audio='{clips}/**/*.wav'"))
+    assert [r.path for r in results] == [str(clips / "a.wav")]
+
+
+def test_broken_and_looping_links_get_their_own_error_line(cnn_run: dict, tmp_path: Path, capsys) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    soundfile.write(clips / "good.wav", tone(0.5, RATE), RATE)
+    (clips / "broken.wav").symlink_to(tmp_path / "gone.wav")
+    (clips / "loop.wav").symlink_to(clips / "loop.wav")
+    results = predict(predict_cfg(tmp_path, f"ckpt_path={cnn_run['best_checkpoint']}", f"audio={clips}"))
+    errors = {Path(r.path).name: r.error for r in results}
+    assert errors["good.wav"] is None
+    assert "is a broken symbolic link (to " in errors["broken.wav"] and "gone.wav" in errors["broken.wav"]
+    assert "is a symbolic link loop" in errors["loop.wav"]
+    printed = capsys.readouterr().out
+    assert "broken.wav  error:" in printed and "loop.wav    error:" in printed
+
+
+def test_an_unreadable_file_says_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.wav"
+    soundfile.write(path, tone(0.5, RATE), RATE)
+    if os.geteuid() != 0:  # a real unreadable file, where permissions bind (root reads anything)
+        path.chmod(0)
+    else:
+        real_open = Path.open
+
+        def refuse(self, *args, **kwargs):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(DataError, match=r"locked.wav cannot be read: permission denied\. Check its permissions"):
+        load_audio(path)
+
+
+def test_a_long_recording_gets_a_warning(cnn_run: dict, tmp_path: Path, capsys) -> None:
+    soundfile.write(tmp_path / "long.wav", tone(5.0, RATE), RATE)
+    soundfile.write(tmp_path / "short.wav", tone(0.8, RATE), RATE)
+    results = predict(predict_cfg(tmp_path, f"ckpt_path={cnn_run['best_checkpoint']}", f"audio={tmp_path}",
+                                  f"csv={tmp_path / 'out.csv'}"))
+    by_name = {Path(r.path).name: r for r in results}
+    assert by_name["long.wav"].digit is not None and "5.0 s long" in by_name["long.wav"].warning
+    assert by_name["short.wav"].warning is None
+    assert "warning: 5.0 s long" in capsys.readouterr().out
+    rows = {Path(row["path"]).name: row for row in csv.DictReader((tmp_path / "out.csv").open())}
+    assert "one digit for the whole recording" in rows["long.wav"]["warning"] and rows["short.wav"]["warning"] == ""
 
 
 def test_missing_checkpoint_is_a_config_error(tmp_path: Path) -> None:

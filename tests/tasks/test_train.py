@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+from sdr_lightning.errors import OutputError
 from sdr_lightning.tasks.train import train
 from tests.helpers import ROOT
 
@@ -93,3 +95,36 @@ def test_end_to_end_on_real_clips(make_cfg, shared_data: Path, tmp_path: Path) -
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert accuracy > 0.3  # 45 steps on real speech already beat chance (0.1)
     assert 0.0 < metrics["test/acc"] <= 1.0
+
+
+def test_a_full_disk_while_writing_reports_keeps_the_checkpoint_and_metrics(make_cfg, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import sdr_lightning.tasks.evaluate as evaluate_module
+
+    where = tmp_path / "reports" / "dev" / "confusion_matrix.png"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(evaluate_module, "write_split_report", disk_full)
+    with pytest.raises(OutputError) as raised:
+        train(make_cfg("model=linear", "debug=limit", "report.projector=false"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    message = str(raised.value)
+    assert f"writing {where} failed: No space left on device" in message
+    assert metrics["best_checkpoint"] in message and str(tmp_path / "metrics.json") in message
+    assert Path(metrics["best_checkpoint"]).is_file()
+
+
+def test_a_full_disk_for_metrics_json_names_the_kept_checkpoint(make_cfg, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import sdr_lightning.tasks.train as train_module
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(train_module, "write_atomically", disk_full)
+    with pytest.raises(OutputError, match=r"metrics.json could not be written: No space left on device\. The trained "
+                                          r"checkpoint \S+epoch_\d+.ckpt is kept"):
+        train(make_cfg("model=linear", "debug=limit", "report.projector=false"))
+    assert not (tmp_path / "metrics.json").exists() and list((tmp_path / "checkpoints").glob("epoch_*.ckpt"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +16,33 @@ from sdr_lightning.errors import DataError
 SAMPLE_RATE = 8000
 
 
+def missing_reason(file: Path) -> str:
+    """Why `file` is not a readable file, in a few words: a symbolic link loop, a broken link, a folder, or absent."""
+    try:
+        os.stat(file)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if file.is_symlink():
+            return f"is a broken symbolic link (to {os.readlink(file)}, which does not exist)"
+        return "does not exist"
+    return "is not a file" if not file.is_dir() else "is a folder, not a file"
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode `path` (any format libsndfile reads: wav as 8/16/24/32-bit integer or float, flac, ogg, ...),
     average its channels to mono and resample it to `sample_rate`: a 1-D float32 tensor, integer formats scaled
     to [-1, 1). Raises DataError naming the file if it is missing, not audio, corrupt, empty or non-finite."""
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"Audio file {path} does not exist (or is not a file); check the path.")
+        raise DataError(f"Audio file {path} {missing_reason(file)}; check the path.")
     try:
-        samples, source_rate = soundfile.read(str(file), dtype="float32", always_2d=True)
+        # Opened here, so that a file we may not read is named as such (libsndfile says only "System error").
+        with file.open("rb") as handle:
+            samples, source_rate = soundfile.read(handle, dtype="float32", always_2d=True)
+    except PermissionError as err:
+        raise DataError(f"Audio file {path} cannot be read: permission denied. Check its permissions "
+                        f"(ls -l {path}).") from err
     except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as err:
         reason = str(err).rstrip(".")
         raise DataError(f"Cannot read audio file {path}: {reason}. Replace it with a readable wav/flac file.") from err

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sdr_lightning.audio.io import load_audio
+from sdr_lightning.data.cache import TensorCache, clips_key
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
 from sdr_lightning.data.metadata import (
     METADATA_FILENAME,
@@ -30,10 +28,6 @@ from sdr_lightning.data.metadata import (
 from sdr_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
-# Keyed by content, so repeated setups in one process (multiruns, tests) decode and featurize once.
-_MEMORY_CACHE: dict[str, list[Tensor]] = {}
 
 
 class ClipDataset(Dataset):
@@ -112,6 +106,9 @@ class SpokenDigitDataModule(pl.LightningDataModule):
 
     `fold` (0..5 on FSDD) picks a leave-one-speaker-out split instead (see metadata.loso_split).
 
+    Decoded clips and features are cached under `cache_dir` (data/cache.py): keyed by each clip's path, size and
+    times (`verify_cache`: by a hash of its contents), at most `cache_max_gb` there, least recently used out first.
+
     `labeled_speakers` (null: every TRAIN clip is labeled) keeps all TRAIN clips but gives the clips of other
     speakers the label UNLABELED (-1) in batches: semi-supervised training (SimCLR) learns from their audio,
     supervised losses and metrics skip them. DEV/TEST keep their labels.
@@ -135,11 +132,14 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         cache_features: bool = True,
         fold: int | None = None,
         labeled_speakers: list[str] | None = None,
+        cache_max_gb: float | None = 2.0,
+        verify_cache: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(dir)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache = TensorCache(Path(cache_dir) if cache_dir else None,
+                                 None if cache_max_gb is None else int(cache_max_gb * 1e9))
         self.splits: dict[str, list[Clip]] = {}
         self.datasets: dict[str, ClipDataset] = {}
         self._served: tuple[str | None, bool] | None = None  # (featurizer cache key, raw TRAIN) of self.datasets
@@ -149,7 +149,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             url = self.hparams.download_url or FSDD_URL
             log.info("No %s in %s: fetching FSDD from %s", METADATA_FILENAME, self.data_dir, url)
             prepare_fsdd(self.data_dir, url=url)
-        if self.cache_dir is not None:
+        if self.cache.folder is not None:
             # Lightning calls prepare_data in one process per node: it decodes (and featurizes) once and fills the
             # disk cache, which the other DDP ranks' setup() then reads instead of all writing it at once.
             self.setup()
@@ -174,14 +174,14 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         used = sorted({c.identifier: c for split in self.splits.values() for c in split}.values(),
                       key=lambda c: c.identifier)
         check_files_exist(used)
-        waveform_key = self._waveform_key(used)
-        waveforms = self._cached(waveform_key, lambda: decode_all(used, hp.sample_rate, self.data_dir))
+        waveform_key = clips_key(((c.identifier, c.path) for c in used), hp.sample_rate, verify=hp.verify_cache)
+        waveforms = self.cache.get(waveform_key, lambda: decode_all(used, hp.sample_rate, self.data_dir))
         by_kind = {"waveform": dict(zip((c.identifier for c in used), waveforms))}
         if featurizer is not None:
             key = waveform_key + served[0]
             # On the trainer's accelerator (the GPU when training on one); the features are then kept on the CPU.
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            features = self._cached(key, lambda: featurize_all(featurizer, waveforms, device=device))
+            features = self.cache.get(key, lambda: featurize_all(featurizer, waveforms, device=device))
             by_kind["features"] = dict(zip((c.identifier for c in used), features))
         labeled = resolve_labeled_speakers(self.splits["TRAIN"], _as_list(hp.labeled_speakers))
         self.datasets = {}
@@ -201,37 +201,6 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.sample_rate={self.hparams.sample_rate} but model.featurizer.sample_rate={rate}; "
                               "clips are decoded at the first and featurized as if at the second. Set one of them "
                               "(conf/data/reference.yaml takes the featurizer's by default).")
-
-    def _waveform_key(self, clips: Sequence[Clip]) -> str:
-        digest = hashlib.sha256(f"v{CACHE_VERSION}|{self.hparams.sample_rate}".encode())
-        for clip in clips:
-            stat = clip.path.stat()
-            digest.update(f"|{clip.identifier}:{clip.path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()
-
-    def _cached(self, key: str, compute) -> list[Tensor]:
-        key = hashlib.sha256(key.encode()).hexdigest()[:20]
-        if key in _MEMORY_CACHE:
-            return _MEMORY_CACHE[key]
-        path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
-        if path is not None and path.is_file():
-            try:
-                tensors = _unflatten(torch.load(path, weights_only=True))
-            except Exception as err:  # a truncated cache file is rebuilt, not fatal
-                log.warning("Ignoring unreadable cache %s (%s); rebuilding it", path, err)
-            else:
-                _MEMORY_CACHE[key] = tensors
-                return tensors
-        tensors = compute()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A temporary name of its own, so processes sharing the cache (DDP ranks, parallel jobs) never clash.
-            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".tmp")
-            os.close(handle)
-            torch.save(_flatten(tensors), tmp)
-            os.replace(tmp, path)
-        _MEMORY_CACHE[key] = tensors
-        return tensors
 
     def dataloader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
         dataset = self.datasets[split]
@@ -303,18 +272,6 @@ def featurize_all(featurizer: nn.Module, waveforms: Sequence[Tensor], batch_size
         for i, feature, n in zip(chunk, features, frames):
             out[i] = feature[:, :n].clone()
     return out  # type: ignore[return-value]
-
-
-def _flatten(tensors: Sequence[Tensor]) -> dict[str, Tensor]:
-    """One contiguous tensor plus lengths: far faster to save and load than thousands of small tensors."""
-    return {"data": torch.cat([t.reshape(-1, t.shape[-1]) for t in tensors], dim=-1),
-            "lengths": torch.tensor([t.shape[-1] for t in tensors]),
-            "squeeze": torch.tensor(tensors[0].dim() == 1)}
-
-
-def _unflatten(blob: dict[str, Tensor]) -> list[Tensor]:
-    parts = torch.split(blob["data"], blob["lengths"].tolist(), dim=-1)
-    return [p.reshape(-1) if bool(blob["squeeze"]) else p for p in parts]
 
 
 def _as_list(value) -> list[str] | None:

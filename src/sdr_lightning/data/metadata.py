@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,41 +39,52 @@ def read_metadata(data_dir: str | Path, filename: str = METADATA_FILENAME) -> li
             f"Metadata file {path} not found. Point data.dir (or SDR_DATA_DIR) at a folder holding the FSDD clips "
             f"and {filename}, or set data.download=true to fetch them."
         )
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {missing}; expected tab-separated columns {list(REQUIRED_COLUMNS)}."
-            )
-        clips: list[Clip] = []
-        seen: set[str] = set()
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{path}, line {line_no}"
-            # a short row leaves its last fields None; an empty one leaves ""; both would name no clip or speaker
-            empty = [column for column in REQUIRED_COLUMNS if not (row[column] or "").strip()]
-            if empty:
-                raise DataError(f"{where}: no value in column(s) {empty}; every row needs {list(REQUIRED_COLUMNS)} "
-                                f"(tab-separated).")
-            identifier = row["identifier"].strip()
-            if identifier in seen:
-                raise DataError(f"{where}: duplicate identifier {identifier!r}; every clip must be listed once.")
-            seen.add(identifier)
-            split = row["split"].strip().upper()
-            if split not in SPLIT_NAMES:
-                raise DataError(f"{where}: unknown split {row['split']!r}; use one of {list(SPLIT_NAMES)}.")
-            try:
-                label = int(row["label"])
-            except ValueError:
-                label = -1
-            if not 0 <= label <= 9:
-                raise DataError(f"{where}: label {row['label']!r} is not a digit 0-9.")
-            clips.append(
-                Clip(identifier, row["speaker"].strip(), split, label, data_dir / Path(row["file"].strip()).name)
-            )
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t")
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; expected tab-separated columns {list(REQUIRED_COLUMNS)}."
+        )
+    clips: list[Clip] = []
+    seen: set[str] = set()
+    for line_no, row in enumerate(reader, start=2):
+        where = f"{path}, line {line_no}"
+        # a short row leaves its last fields None; an empty one leaves ""; both would name no clip or speaker
+        empty = [column for column in REQUIRED_COLUMNS if not (row[column] or "").strip()]
+        if empty:
+            raise DataError(f"{where}: no value in column(s) {empty}; every row needs {list(REQUIRED_COLUMNS)} "
+                            f"(tab-separated).")
+        identifier = row["identifier"].strip()
+        if identifier in seen:
+            raise DataError(f"{where}: duplicate identifier {identifier!r}; every clip must be listed once.")
+        seen.add(identifier)
+        split = row["split"].strip().upper()
+        if split not in SPLIT_NAMES:
+            raise DataError(f"{where}: unknown split {row['split']!r}; use one of {list(SPLIT_NAMES)}.")
+        try:
+            label = int(row["label"])
+        except ValueError:
+            label = -1
+        if not 0 <= label <= 9:
+            raise DataError(f"{where}: label {row['label']!r} is not a digit 0-9.")
+        clips.append(
+            Clip(identifier, row["speaker"].strip(), split, label, data_dir / Path(row["file"].strip()).name)
+        )
     if not clips:
         raise DataError(f"{path} lists no clips.")
     return clips
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text, a byte-order mark (as spreadsheet programs write) dropped; a byte that is not UTF-8
+    is one DataError naming the file and its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; save the file as UTF-8 "
+                        "(tab-separated).") from err
 
 
 def check_files_exist(clips: Iterable[Clip]) -> None:

@@ -1,10 +1,13 @@
-"""Lightning callbacks for robust training: exact resume (RNG states in checkpoints) and a clean stop on a
-non-finite training loss. Both are listed in conf/callbacks/default.yaml."""
+"""Lightning callbacks and plugins for robust training: exact resume (RNG states in checkpoints), a clean stop on a
+non-finite training loss (both in conf/callbacks/default.yaml), and checkpoints written atomically
+(AtomicCheckpointIO, in conf/trainer/default.yaml's plugins)."""
 
 from __future__ import annotations
 
+import io
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +15,52 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
-from sdr_lightning.errors import SdrError
+from sdr_lightning.errors import OutputError, SdrError
+from sdr_lightning.files import write_atomically
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(SdrError):
     """Training produced a NaN or infinite loss and was stopped."""
+
+
+class CheckpointSaveError(OutputError):
+    """A checkpoint could not be written (a full disk, say); the previous one is intact."""
+
+
+def size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on local disks: each checkpoint goes to a temporary file in its own
+    folder and is renamed over the old one once complete. (Lightning's own writer moves a temporary file from the
+    system's temp folder, which across file systems is a copy that a full disk leaves truncated.) A failed save keeps
+    the previous checkpoint and stops the run with CheckpointSaveError naming the path and the free space."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's fsspec writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialise first: the disk then only sees plain writes
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, buffer.getbuffer())
+        except OSError as err:
+            try:
+                free = f"{size(shutil.disk_usage(path.parent).free)} free there"
+            except OSError:
+                free = "free space unknown"
+            kept = "the previous one is intact" if path.is_file() else "no earlier checkpoint of that name existed"
+            raise CheckpointSaveError(
+                f"cannot save the checkpoint {path} ({size(buffer.getbuffer().nbytes)}; {free}): "
+                f"{err.strerror or err}; {kept}. Free some space (or set hydra.run.dir to another disk) and resume "
+                f"with resume_dir={path.parent.parent}.") from err
 
 
 class RngStateCheckpoint(Callback):

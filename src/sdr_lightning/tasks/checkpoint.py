@@ -23,6 +23,49 @@ from sdr_lightning.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# What torch.load raises for a file that is not a whole checkpoint: empty, truncated, text, another format.
+UNREADABLE = (RuntimeError, KeyError, EOFError, IndexError, TypeError, ValueError, pickle.UnpicklingError,
+              zipfile.BadZipFile, OSError)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents (`torch.load(weights_only=True)`: tensors and plain values, no code); ConfigError
+    with the reason in one line if it is not a whole checkpoint."""
+    import torch
+
+    problem = None
+    if path.is_file() and path.stat().st_size == 0:
+        problem = "the file is empty"
+    elif path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no index
+        problem = "not a whole PyTorch checkpoint: no complete zip archive in it"
+    if problem:
+        raise ConfigError(f"{path}: cannot read it as a checkpoint ({problem}); it is empty, truncated or not a .ckpt "
+                          "written by a training run.")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or "state_dict" not in saved:
+            raise KeyError("no state_dict in it")
+        return saved
+    except UNREADABLE as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+        raise ConfigError(f"{path}: cannot read it as a checkpoint ({reason}); it is empty, truncated or not a .ckpt "
+                          "written by a training run.") from err
+
+
+def newest_loadable(folder: Path, besides: Path | None = None) -> Path | None:
+    """The most recently written checkpoint in `folder` (other than `besides`) that reads whole, if any."""
+    candidates = sorted((p for p in folder.glob("*.ckpt") if p != besides), key=lambda p: p.stat().st_mtime_ns,
+                        reverse=True)
+    for candidate in candidates:
+        try:
+            read_checkpoint(candidate)
+        except ConfigError:
+            continue
+        return candidate
+    return None
+
+
 @dataclass
 class LoadedRun:
     model: Any  # a DigitClassifier (or subclass) in eval mode, on the CPU
@@ -52,8 +95,6 @@ def load_run_config(run_dir: Path) -> DictConfig:
 def load_checkpoint(ckpt_path: str | Path, run_dir: str | Path | None = None) -> LoadedRun:
     """The checkpoint as its run's model class (the run config's `model._target_`), on the CPU, in eval mode.
     `run_dir` null: the checkpoint's <run>/checkpoints/.. folder."""
-    import torch
-
     ckpt = Path(ckpt_path).expanduser().resolve()
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt from a run's checkpoints/.")
@@ -65,14 +106,8 @@ def load_checkpoint(ckpt_path: str | Path, run_dir: str | Path | None = None) ->
     if not issubclass(model_class, DigitClassifier):
         raise ConfigError(f"model._target_={config.model._target_} in the run config is not a DigitClassifier; "
                           "give the run folder of a training run.")
-    try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        hparams, state = saved["hyper_parameters"], saved["state_dict"]
-    except (RuntimeError, KeyError, EOFError, IndexError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile,
-            OSError) as err:  # truncated, empty, foreign or not a checkpoint at all
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"ckpt_path={ckpt_path}: cannot read it as a checkpoint ({reason}); give a .ckpt written "
-                          "by a training run (checkpoints/epoch_*.ckpt or last.ckpt).") from err
+    saved = read_checkpoint(ckpt)
+    hparams, state = saved.get("hyper_parameters") or {}, saved["state_dict"]
     check_targets(hparams, ckpt)
     model = model_class(**hparams)
     try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
 from sdr_lightning.analysis.predictions import Predictions
@@ -19,6 +20,7 @@ from sdr_lightning.analysis.report import SplitReport, confusion_figure, format_
 from sdr_lightning.audio.features import downsample_spectrogram
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.metadata import REPORT_FOLDERS
+from sdr_lightning.errors import OutputError
 from sdr_lightning.tasks.checkpoint import load_checkpoint, run_datamodule
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,8 @@ def log_misclassified(writer: SummaryWriter, predictions: Predictions, clips: Se
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
     """`python eval.py`: load a checkpoint with its run's saved config and evaluate it on `cfg.splits` or
-    `cfg.speakers`, writing the reports under `cfg.paths.output_dir`."""
+    `cfg.speakers`, writing the reports under `cfg.output_dir` (null: <run>/eval/<time>), a folder made only once the
+    checkpoint and the clips have loaded."""
     run = load_checkpoint(cfg.ckpt_path, cfg.get("run_dir"))
     splits = {REPORT_FOLDERS[split.upper()]: split.upper() for split in cfg.splits}
     if cfg.get("speakers"):
@@ -128,17 +131,25 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
     model = run.model
     model.prepare_for_evaluation(datamodule)
 
-    out_dir = Path(cfg.paths.output_dir)
-    writer = SummaryWriter(str(out_dir / "tensorboard")) if cfg.report.tensorboard else None
-    reports = evaluate_model(model, datamodule, splits, out_dir, writer=writer,
-                             embeddings=list(cfg.report.embeddings), projector=cfg.report.projector,
-                             misclassified_audio=cfg.report.misclassified_audio, seed=cfg.seed)
-    if writer is not None:
-        writer.close()
-    summary = {name: report.summary() for name, report in reports.items()}
+    run_dir = Path(cfg.run_dir).expanduser() if cfg.get("run_dir") else run.checkpoint.parent.parent
+    out_dir = Path(cfg.output_dir).expanduser() if cfg.get("output_dir") else (
+        run_dir / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     name = type(model).__name__
-    (out_dir / "eval_metrics.json").write_text(json.dumps(
-        {"checkpoint": str(run.checkpoint), "model": name, "splits": summary}, indent=2) + "\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / "eval_config.yaml")  # what was asked, beside what it gave
+        writer = SummaryWriter(str(out_dir / "tensorboard")) if cfg.report.tensorboard else None
+        reports = evaluate_model(model, datamodule, splits, out_dir, writer=writer,
+                                 embeddings=list(cfg.report.embeddings), projector=cfg.report.projector,
+                                 misclassified_audio=cfg.report.misclassified_audio, seed=cfg.seed)
+        if writer is not None:
+            writer.close()
+        summary = {split: report.summary() for split, report in reports.items()}
+        (out_dir / "eval_metrics.json").write_text(json.dumps(
+            {"checkpoint": str(run.checkpoint), "model": name, "splits": summary}, indent=2) + "\n")
+    except OSError as err:
+        raise OutputError(f"writing {err.filename or out_dir} failed: {err.strerror or err}; what was written so far "
+                          f"is in {out_dir}. Free some space, or give another output_dir=.") from err
     print(f"\n{name} from {run.checkpoint}")
     for split, figures in summary.items():
         print(f"{split}: accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "

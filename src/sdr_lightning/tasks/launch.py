@@ -52,8 +52,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
     now = [arg for arg in argv[1:] if arg not in given]
     replaced = {_override_key(arg) for arg in now if "=" in arg} | {"ckpt_path", RESUME_KEY}
     previous = [str(arg) for arg in load_overrides(saved) if _override_key(str(arg)) not in replaced]
-    # `last`: Lightning takes the newest last*.ckpt of the run's checkpoint folder (none: it starts afresh)
-    return [argv[0], *previous, *now, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    # `last`: Lightning takes the newest last*.ckpt of the run's checkpoint folder (none: it starts afresh), unless
+    # a checkpoint is named now (e.g. an older one, when last.ckpt is unreadable)
+    resume_from = [] if any(_override_key(arg) == "ckpt_path" for arg in now) else ["ckpt_path=last"]
+    return [argv[0], *previous, *now, f"hydra.run.dir={run_dir}", *resume_from]
 
 
 def load_overrides(path: Path) -> list[str]:

@@ -23,12 +23,16 @@ from sdr_lightning.tasks.checkpoint import load_for_inference
 
 log = logging.getLogger(__name__)
 
+# FSDD's clips last at most ~2.3 s; a recording above this is not one spoken digit.
+LONG_RECORDING_S = 3.0
+
 
 @dataclass
 class FilePrediction:
     path: str
     probabilities: np.ndarray | None = None  # (num_classes,), None when the file failed
     error: str | None = None
+    warning: str | None = None  # predicted, but the digit may not mean much (a long recording)
 
     @property
     def digit(self) -> int | None:
@@ -48,24 +52,38 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
 
 def find_audio(spec: str | Sequence[str]) -> list[Path]:
     """Files named by `spec`: a file, a folder (its files, not recursive), a glob (`**` recursive) or a list of
-    those. A named file that does not exist is kept, to be reported as a failed file; a folder or glob that
-    matches nothing is a ConfigError."""
+    those, each file once however many paths reach it (symbolic links, a `**` through a link loop). A named file
+    that does not exist, and a broken or looping link, is kept, to be reported with its own error line; a folder or
+    glob that matches nothing is a ConfigError."""
     specs = [str(spec)] if isinstance(spec, (str, Path)) else [str(s) for s in spec]
     if not specs:
         raise ConfigError("audio=[]: name a file, a folder or a glob, e.g. audio=clips/ or audio='clips/*.wav'.")
-    files: list[Path] = []
+    files: dict[Path, Path] = {}  # resolved file -> the first path that reached it
     for item in specs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            found = sorted(p for p in path.iterdir() if is_candidate(p) and not p.name.startswith("."))
         elif glob.has_magic(item):
-            found = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if p.is_file())
+            found = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if is_candidate(p))
         else:
             found = [path]
         if not found:
             raise ConfigError(f"audio={item}: no file there; name a file, a folder or a glob such as 'clips/*.wav'.")
-        files.extend(found)
-    return list(dict.fromkeys(files))  # once each, in order
+        for file in found:
+            files.setdefault(resolved(file), file)
+    return list(files.values())
+
+
+def is_candidate(path: Path) -> bool:
+    """A file, or a link that does not lead to a folder (a broken or looping one gets its error line)."""
+    return path.is_file() or (path.is_symlink() and not path.is_dir())
+
+
+def resolved(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # broken or looping link: its own path is its identity
+        return path.absolute()
 
 
 @torch.inference_mode()
@@ -82,6 +100,12 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str | Path], batch_siz
                 waveforms[index] = load_audio(paths[index], sample_rate)
             except DataError as err:
                 results[index].error = str(err)
+                continue
+            seconds = len(waveforms[index]) / sample_rate
+            if seconds > LONG_RECORDING_S:
+                results[index].warning = (
+                    f"{seconds:.1f} s long, longer than any one-digit clip (FSDD's are under {LONG_RECORDING_S:.0f} "
+                    f"s): it gets one digit for the whole recording. Cut it into one clip per digit.")
         # Batches of similar lengths waste little padding; padding never changes a clip's result.
         order = sorted(waveforms, key=lambda i: len(waveforms[i]))
         for start in range(0, len(order), batch_size):
@@ -94,29 +118,32 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str | Path], batch_siz
 
 
 def format_predictions(results: Sequence[FilePrediction]) -> str:
-    """One line per file: `path  digit  probability`, or `path  error: <why>`."""
+    """One line per file: `path  digit  probability`, or `path  error: <why>`; a warning on a line of its own."""
     width = max([len("path"), *(len(r.path) for r in results)])
     lines = [f"{'path':<{width}}  digit  probability"]
     for r in results:
         if r.error is None:
             lines.append(f"{r.path:<{width}}  {r.digit:>5}  {r.probability:.4f}")
+            if r.warning:
+                lines.append(f"{'':<{width}}  warning: {r.warning}")
         else:
             lines.append(f"{r.path:<{width}}  error: {r.error}")
     return "\n".join(lines)
 
 
 def write_csv(results: Sequence[FilePrediction], path: Path, num_classes: int) -> None:
-    """`path, prediction, probability, prob_0 ... prob_9, error`; failed files leave the figures empty."""
+    """`path, prediction, probability, prob_0 ... prob_9, error, warning`; failed files leave the figures empty."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "prediction", "probability", *(f"prob_{k}" for k in range(num_classes)), "error"])
+        writer.writerow(["path", "prediction", "probability", *(f"prob_{k}" for k in range(num_classes)), "error",
+                         "warning"])
         for r in results:
             if r.error is None:
                 figures = [r.digit, f"{r.probability:.6f}", *(f"{p:.6f}" for p in r.probabilities)]
             else:
                 figures = [""] * (2 + num_classes)
-            writer.writerow([r.path, *figures, r.error or ""])
+            writer.writerow([r.path, *figures, r.error or "", r.warning or ""])
 
 
 def predict(cfg: DictConfig) -> list[FilePrediction]:

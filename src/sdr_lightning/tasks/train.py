@@ -15,9 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 
-from sdr_lightning.config import instantiate_part
+from sdr_lightning.config import instantiate_part, validate_train_config
 from sdr_lightning.data.metadata import REPORT_FOLDERS
-from sdr_lightning.errors import ConfigError
+from sdr_lightning.errors import ConfigError, OutputError
+from sdr_lightning.files import write_atomically
+from sdr_lightning.tasks.checkpoint import newest_loadable, read_checkpoint
 from sdr_lightning.tasks.evaluate import evaluate_model
 from sdr_lightning.tasks.launch import in_multirun
 
@@ -70,24 +72,45 @@ def check_launch(trainer: pl.Trainer) -> None:
             "hydra/launcher=slurm, where SLURM starts one task per device (tasks_per_node follows trainer.devices).")
 
 
-def check_ckpt_path(ckpt_path: str | None) -> None:
-    """Fail before any work when `ckpt_path` names a local file that is not there (Lightning's keywords and
-    remote URLs are left to Lightning)."""
-    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in ckpt_path or ckpt_path.startswith("registry"):
+def check_resume(ckpt_path: str | None, checkpoint_dir: Path) -> None:
+    """Fail before any work when the checkpoint to resume from is missing, or is not whole (a save that a full disk
+    cut short, with an older writer), naming the newest checkpoint of its folder that loads. Lightning's other
+    keywords and remote URLs are left to Lightning; `last` with no checkpoint at all starts afresh, as in Lightning."""
+    if not ckpt_path or ckpt_path in ("best", "hpc") or "://" in ckpt_path or ckpt_path.startswith("registry"):
         return
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file. Give a .ckpt file, `last` (this run's "
-                          f"last.ckpt), or resume a whole run with resume_dir=<run directory>.")
+    if ckpt_path == "last":
+        found = sorted(checkpoint_dir.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+        if not found:
+            older = newest_loadable(checkpoint_dir) if checkpoint_dir.is_dir() else None
+            if older is not None:  # Lightning would start afresh, over this run's own checkpoints
+                raise ConfigError(f"cannot resume: {checkpoint_dir} has no last.ckpt (did its save fail?). The newest "
+                                  f"checkpoint there that loads is {older}: resume from it with ckpt_path={older}.")
+            return  # nothing saved yet: start afresh, as Lightning does
+        path = found[-1]
+    else:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file. Give a .ckpt file, `last` (this run's "
+                              f"last.ckpt), or resume a whole run with resume_dir=<run directory>.")
+    try:
+        read_checkpoint(path)
+    except ConfigError as err:
+        good = newest_loadable(path.parent, besides=path)
+        hint = (f"The newest checkpoint there that loads is {good}: resume from it with ckpt_path={good}" if good
+                else f"No other checkpoint in {path.parent} loads: train afresh (without ckpt_path or resume_dir)")
+        raise ConfigError(f"cannot resume: {err} {hint}.") from err
 
 
 def train(cfg: DictConfig) -> float | None:
     """Fit, evaluate the best-on-DEV checkpoint on DEV and TEST, write metrics.json and the reports, and return
     `optimized_metric` (DEV accuracy by default) for sweepers."""
-    check_ckpt_path(str(cfg.ckpt_path) if cfg.get("ckpt_path") else None)
+    validate_train_config(cfg)
+    checkpoint_dir = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath",
+                                           default=f"{cfg.paths.output_dir}/checkpoints"))
+    check_resume(str(cfg.ckpt_path) if cfg.get("ckpt_path") else None, checkpoint_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    output_dir = Path(cfg.paths.output_dir)
     # parallel jobs (hydra/launcher=joblib) each get cores / n_jobs threads, via OMP_NUM_THREADS
     log.info("torch uses %d CPU threads", torch.get_num_threads())
 
@@ -115,11 +138,7 @@ def train(cfg: DictConfig) -> float | None:
         metrics["gpu_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(trainer.strategy.root_device)
                                                        / 2**20, 1)
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        log_hparams(trainer.loggers, cfg, metrics)
-        write_reports(cfg, model, datamodule, trainer)
-        print_summary(cfg, metrics, output_dir)
+        write_outputs(cfg, metrics, model, datamodule, trainer)
 
     key = cfg.get("optimized_metric")
     if key is None:
@@ -127,6 +146,32 @@ def train(cfg: DictConfig) -> float | None:
     if key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not measured; choose one of {sorted(metrics)}.")
     return float(metrics[key])
+
+
+def write_outputs(cfg: DictConfig, metrics: dict[str, Any], model: pl.LightningModule,
+                  datamodule: pl.LightningDataModule, trainer: pl.Trainer) -> None:
+    """metrics.json, the HPARAMS entry, the reports and the summary of a finished run. A failed write (a full disk)
+    is one OutputError naming the path and what is kept: the trained checkpoint, and metrics.json once written."""
+    output_dir = Path(cfg.paths.output_dir)
+    metrics_file = output_dir / "metrics.json"
+    best = metrics["best_checkpoint"] or "(none: this run saved no checkpoint)"
+    nan = float("nan")
+    figures = f"DEV acc {metrics.get('val/acc', nan):.4f}, TEST acc {metrics.get('test/acc', nan):.4f}"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode(), sync=False)
+    except OSError as err:
+        raise OutputError(f"training finished ({figures}), but {metrics_file} could not be written: "
+                          f"{err.strerror or err}. The trained checkpoint {best} is kept.") from err
+    try:
+        log_hparams(trainer.loggers, cfg, metrics)
+        write_reports(cfg, model, datamodule, trainer)
+    except OSError as err:
+        where = err.filename or output_dir / "reports"
+        raise OutputError(f"training finished ({figures}), but writing {where} failed: {err.strerror or err}. Kept: "
+                          f"the trained checkpoint {best} and {metrics_file}. Free some space, then write the reports "
+                          f"again with: python eval.py ckpt_path={best}") from err
+    print_summary(cfg, metrics, output_dir)
 
 
 def write_reports(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.LightningDataModule,

@@ -1,0 +1,112 @@
+"""A checkpoint on disk is always complete: AtomicCheckpointIO writes beside the target and renames, so a failed save
+(a full disk) keeps the previous checkpoint and stops the run with one error naming the path and the free space; a
+truncated checkpoint is refused at resume with a pointer to the newest one that loads."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sdr_lightning.files as files_module
+from sdr_lightning.errors import ConfigError
+from sdr_lightning.tasks.callbacks import AtomicCheckpointIO, CheckpointSaveError
+from sdr_lightning.tasks.checkpoint import read_checkpoint
+from sdr_lightning.tasks.train import train
+from tests.helpers import ROOT
+
+
+def state(value: float) -> dict:
+    return {"state_dict": {"w": torch.full((1000,), value)}, "epoch": int(value)}
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    writer.save_checkpoint(state(1.0), path)
+    before = path.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files_module.os, "fsync", disk_full)  # the data went out, the disk refused to keep it
+    with pytest.raises(CheckpointSaveError) as raised:
+        writer.save_checkpoint(state(2.0), path)
+    message = str(raised.value)
+    assert str(path) in message and "free there" in message and "No space left on device" in message
+    assert "the previous one is intact" in message and "resume_dir=" in message
+    assert path.read_bytes() == before  # the last good checkpoint survived
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+    monkeypatch.undo()
+    writer.save_checkpoint(state(3.0), path)
+    assert read_checkpoint(path)["epoch"] == 3
+
+
+def test_checkpoint_mode_follows_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint(state(1.0), tmp_path / "a.ckpt")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.ckpt").stat().st_mode & 0o777 == 0o644  # mkstemp alone would make it 0600
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resuming_from_a_truncated_checkpoint_names_the_newest_that_loads(make_cfg, tmp_path: Path) -> None:
+    every_epoch = ("model=linear", "debug=limit", "callbacks.model_checkpoint.save_top_k=-1")
+    train(make_cfg(*every_epoch))
+    folder = tmp_path / "checkpoints"
+    truncate(folder / "last.ckpt")  # what a full disk left behind with Lightning's own writer
+    for ckpt_path in ("last", str(folder / "last.ckpt")):
+        with pytest.raises(ConfigError) as raised:
+            train(make_cfg(*every_epoch, f"ckpt_path={ckpt_path}"))
+        message = str(raised.value)
+        assert message.startswith(f"cannot resume: {folder / 'last.ckpt'}: cannot read it as a checkpoint")
+        assert f"ckpt_path={folder / 'epoch_001.ckpt'}" in message  # the newest whole one
+    (folder / "last.ckpt").unlink()
+    with pytest.raises(ConfigError, match=r"has no last.ckpt .*epoch_001.ckpt"):
+        train(make_cfg(*every_epoch, "ckpt_path=last"))
+    for checkpoint in folder.glob("*.ckpt"):
+        truncate(checkpoint)
+    with pytest.raises(ConfigError, match="No other checkpoint .* loads: train afresh"):
+        train(make_cfg(*every_epoch, f"ckpt_path={folder / 'epoch_001.ckpt'}"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 200 KiB file system of its own (tmpfs; needs root), as in the report: the run folder on another disk than
+    the temporary folder, and that disk fills."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()}); the unit test above covers it")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_every_checkpoint_whole(tiny_disk: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    run = tiny_disk / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", "model=linear", "trainer.max_epochs=6", "data.batch_size=16",
+         f"hydra.run.dir={run}", "callbacks.model_checkpoint.save_top_k=-1", "trainer.enable_progress_bar=false",
+         "report.projector=false", "report.misclassified_audio=0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: cannot save the checkpoint") and "free there" in last_line, last_line
+    assert "Traceback" not in result.stderr
+    saved = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert saved and not list((run / "checkpoints").glob(".*.tmp"))
+    for checkpoint in saved:
+        read_checkpoint(checkpoint)  # every checkpoint on disk is whole

@@ -9,6 +9,7 @@ both call these functions.
 | export.py / sdr-export | conf/export.yaml | sdr_lightning.tasks.export.export |
 | compare.py / sdr-compare | (arguments) | sdr_lightning.analysis.compare.main |
 | sdr-significance | (arguments) | sdr_lightning.analysis.significance.main |
+| sdr-voices | (arguments) | sdr_lightning.data.voices.main (espeak-ng's synthetic voices) |
 
 The Hydra commands compose the repository's conf/ with the command line's overrides, print our own errors (SdrError)
 as one line without a traceback, and import their task only once the config is composed, so `--help` and config
@@ -96,3 +97,4 @@ predict = hydra_command("predict", "sdr_lightning.tasks.predict:predict")
 export = hydra_command("export", "sdr_lightning.tasks.export:export")
 compare = argparse_command("sdr_lightning.analysis.compare")
 significance = argparse_command("sdr_lightning.analysis.significance")
+voices = argparse_command("sdr_lightning.data.voices")

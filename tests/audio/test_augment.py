@@ -10,17 +10,23 @@ from sdr_lightning.audio.augment import (
     AddNoise,
     Augmentation,
     AugmentationPipeline,
+    BabbleNoise,
+    BandLimit,
+    Clipping,
     Fade,
     FilterAugment,
     FreqWarp,
     Gain,
+    MuLaw,
     PitchShift,
+    Reverb,
     SpecAugment,
     SpeedPerturb,
     TimeCrop,
     TimeShift,
     TimeStretch,
     TimeWarp,
+    VoiceShift,
 )
 from sdr_lightning.audio.features import LogMel, lengths_to_mask
 from sdr_lightning.data.datamodule import SpokenDigitDataModule, collate_waveforms
@@ -39,6 +45,12 @@ WAVEFORM = {
     "shift_circular": lambda: TimeShift(max_fraction=0.2, mode="circular"),
     "shift_pad": lambda: TimeShift(max_fraction=0.2, mode="pad"),
     "fade": lambda: Fade(),
+    "babble": lambda: BabbleNoise(p=1.0),
+    "band": lambda: BandLimit(p=1.0),
+    "mulaw": lambda: MuLaw(p=1.0),
+    "reverb": lambda: Reverb(p=1.0),
+    "clipping": lambda: Clipping(min_drive=2.0, p=1.0),
+    "voice": lambda: VoiceShift(semitones=[4], formant_factors=[1.1], p=1.0),
 }
 SPECTROGRAM = {
     "specaugment": lambda: SpecAugment(),

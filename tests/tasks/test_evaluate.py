@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from sdr_lightning.analysis.predictions import read_predictions
 from sdr_lightning.errors import ConfigError, DataError
 from sdr_lightning.tasks.evaluate import evaluate
 from sdr_lightning.tasks.train import train
-from tests.helpers import ROOT, compose
+from tests.helpers import ROOT, compose, write_synthetic_dataset
 
 
 def train_run(make_cfg, run_dir: Path, *overrides: str) -> dict:
@@ -146,3 +147,42 @@ def test_eval_script_on_an_empty_checkpoint_is_one_line_and_writes_nothing(tmp_p
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "empty.ckpt"]  # no eval/ anywhere
+
+
+def test_eval_reports_the_robustness_suite_and_other_sets(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdr_lightning.data import conditions
+
+    monkeypatch.setitem(conditions.SUITES, "small", ["white_10db", "telephone", "woman_voice"])
+    other = write_synthetic_dataset(tmp_path / "elsewhere", takes=1, seed=5)  # a set laid out like FSDD's
+    out = tmp_path / "eval"
+    cfg = compose(out, [f"ckpt_path={cnn_run['best_checkpoint']}", f"data_dir={synthetic_data}", f"output_dir={out}",
+                        "suite=small", f"sets.espeak={other}", "report.embeddings=[]"], config_name="eval")
+    summary = evaluate(cfg)
+    for split in ("dev", "test"):
+        rows = list(csv.DictReader((out / split / "robustness.csv").open()))
+        assert [r["condition"] for r in rows] == ["white_10db", "telephone", "woman_voice", "mean"]
+        figures = summary[split]["robustness"]
+        assert figures["mean"] == pytest.approx(sum(figures[k] for k in ("white_10db", "telephone",
+                                                                          "woman_voice")) / 3)
+        assert json.loads((out / split / "robustness.json").read_text())["accuracy"] == figures
+    assert summary["espeak"]["clips"] == 61 and (out / "espeak" / "predictions.csv").is_file()
+    scalars = tensorboard_tags(out / "tensorboard")["scalars"]
+    assert {"robustness_test/telephone", "robustness_test/mean", "robustness_dev/mean"} <= set(scalars)
+
+
+def test_training_with_report_suite_puts_it_in_metrics_and_compare(make_cfg, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdr_lightning.analysis.compare import compare
+    from sdr_lightning.data import conditions
+
+    monkeypatch.setitem(conditions.SUITES, "small", ["quiet", "clipped"])
+    run = tmp_path / "sweep" / "0_model-linear"
+    train_run(lambda *o: make_cfg(*o, f"paths.output_dir={run}"), run, "model=linear", "report.suite=small",
+              "report.projector=false")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["robust/test_mean"] == pytest.approx((metrics["robust/test_quiet"]
+                                                         + metrics["robust/test_clipped"]) / 2)
+    assert "robust/dev_mean" in metrics
+    text = compare(tmp_path / "sweep", tmp_path / "table", resamples=100)
+    assert "TEST robust mean" in text and f"{metrics['robust/test_mean']:.4f}" in text

@@ -32,7 +32,7 @@ from sdr_lightning.errors import DataError, SdrError
 
 # Overrides that say where things are or how they display, not what was trained.
 NOISE_KEYS = {"data.dir", "data.cache_dir", "ckpt_path", "trainer.enable_progress_bar", "trainer.enable_model_summary"}
-NOISE_PREFIXES = ("paths.", "hydra.")
+NOISE_PREFIXES = ("paths.", "hydra.", "report.")
 SEED = "seed"
 # Overrides that repeat one setting rather than change it: runs differing only in these form one group.
 REPEATS = (SEED, "data.fold")
@@ -260,10 +260,19 @@ def pvalue_text(value: float, resamples: int) -> str:
     return f"< {1 / resamples:.2g}" if value == 0 else f"{value:.4f}"
 
 
+# Figures only some runs have (data.robust_dev, report.suite=robustness): a column when any run has one.
+OPTIONAL_STATS = [("DEV robust acc", "val/acc_robust", 4), ("TEST robust mean", "robust/test_mean", 4)]
+
+
+def optional_stats(runs: list[Run]) -> list[tuple[str, str, int]]:
+    return [stat for stat in OPTIONAL_STATS if any(stat[1] in (run.metrics or {}) for run in runs)]
+
+
 def run_rows(runs: list[Run], varying: list[str]) -> tuple[list[str], list[list[str]]]:
     with_class = any(run.metrics and "model" in run.metrics for run in runs)
+    extra = optional_stats(runs)
     header = ["job", *varying, *(["model class"] if with_class else []), "DEV acc [95% CI]", "TEST acc [95% CI]",
-              "TEST macro-F1", "parameters", "train time (s)"]
+              "TEST macro-F1", *(name for name, _, _ in extra), "parameters", "train time (s)"]
     rows = []
     for run in runs:
         cells = [run.job, *(run.overrides.get(k, MISSING) for k in varying)]
@@ -277,6 +286,7 @@ def run_rows(runs: list[Run], varying: list[str]) -> tuple[list[str], list[list[
             with_ci(run.metric("val/acc"), run.scores.get("dev")),
             with_ci(run.metric("test/acc"), run.scores.get("test")),
             number(run.metric("test/f1_macro")),
+            *(number(run.metric(key), digits) for _, key, digits in extra),
             MISSING if math.isnan(parameters) else f"{int(parameters):,}",
             number(run.metric("train_time_s"), 0),
         ])
@@ -287,14 +297,19 @@ GROUP_STATS = [("DEV acc", "val/acc", 4), ("TEST acc", "test/acc", 4), ("TEST ma
                ("train time (s)", "train_time_s", 1)]
 
 
+def group_stats(groups: list[Group]) -> list[tuple[str, str, int]]:
+    return [*GROUP_STATS[:3], *optional_stats([run for group in groups for run in group.runs]), GROUP_STATS[3]]
+
+
 def group_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
-    header = ["group", "n", *(name for name, _, _ in GROUP_STATS), "best run (DEV)"]
+    stats = group_stats(groups)
+    header = ["group", "n", *(name for name, _, _ in stats), "best run (DEV)"]
     rows = []
     for group in groups:
         failed = len(group.runs) - len(group.finished)
         n = f"{len(group.finished)}" + (f" (+{failed} failed)" if failed else "")
         best = group.best.job if group.best else MISSING
-        rows.append([group.label, n, *(mean_std(group.values(key), digits) for _, key, digits in GROUP_STATS), best])
+        rows.append([group.label, n, *(mean_std(group.values(key), digits) for _, key, digits in stats), best])
     return header, rows
 
 
@@ -346,7 +361,8 @@ def write_results_csv(path: Path, runs: list[Run]) -> None:
         keys += [k for k in run.overrides if k not in keys]
     header = ["run_dir", "job", "status", *keys, "model_class", "dev_acc", "dev_acc_ci_low", "dev_acc_ci_high",
               "dev_f1_macro", "dev_loss", "test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_f1_macro",
-              "test_loss", "train_time_s", "epochs", "parameters", "best_checkpoint"]
+              "test_loss", *(key for _, key, _ in optional_stats(runs)), "train_time_s", "epochs", "parameters",
+              "best_checkpoint"]
     rows = []
     for run in runs:
         raw = run.metrics or {}  # values as training wrote them: integers stay integers
@@ -355,6 +371,7 @@ def write_results_csv(path: Path, runs: list[Run]) -> None:
         for split, prefix in SPLITS.items():
             ci = run.scores[split].ci if split in run.scores else ("", "")
             row += [raw.get(f"{prefix}/acc", ""), *ci, raw.get(f"{prefix}/f1_macro", ""), raw.get(f"{prefix}/loss", "")]
+        row += [raw.get(key, "") for _, key, _ in optional_stats(runs)]
         row += [raw.get(key, "") for key in ("train_time_s", "epochs", "parameters", "best_checkpoint")]
         rows.append(row)
     write_csv(path, header, rows)
@@ -365,15 +382,16 @@ def write_groups_csv(path: Path, groups: list[Group]) -> None:
     for group in groups:
         keys += [k for k in group.overrides if k not in keys]
     header = ["group", *keys, "n", "failed"]
-    for _, key, _ in GROUP_STATS:
-        name = key.replace("val/", "dev_").replace("test/", "test_")
+    stats = group_stats(groups)
+    for _, key, _ in stats:
+        name = key.replace("val/", "dev_").replace("test/", "test_").replace("robust/", "robust_")
         header += [f"{name}_mean", f"{name}_std"]
     header.append("best_run")
     rows = []
     for group in groups:
         row: list[Any] = [group.label, *(group.overrides.get(k, "") for k in keys), len(group.finished),
                           len(group.runs) - len(group.finished)]
-        for _, key, _ in GROUP_STATS:
+        for _, key, _ in stats:
             values = group.values(key)
             row += [values.mean() if values.size else math.nan,
                     values.std(ddof=1) if values.size > 1 else math.nan]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sdr_lightning.audio.io import load_audio
+from sdr_lightning.data import conditions
 from sdr_lightning.data.cache import TensorCache, clips_key
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
 from sdr_lightning.data.metadata import (
@@ -106,6 +107,9 @@ class SpokenDigitDataModule(pl.LightningDataModule):
 
     `fold` (0..5 on FSDD) picks a leave-one-speaker-out split instead (see metadata.loso_split).
 
+    `robust_dev` (a suite name such as "dev_robust", or condition names; data/conditions.py) adds a second
+    validation set, DEV under those corruptions, computed once and cached: the model logs val/acc_robust on it.
+
     Decoded clips and features are cached under `cache_dir` (data/cache.py): keyed by each clip's path, size and
     times (`verify_cache`: by a hash of its contents), at most `cache_max_gb` there, least recently used out first.
 
@@ -134,6 +138,8 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         labeled_speakers: list[str] | None = None,
         cache_max_gb: float | None = 2.0,
         verify_cache: bool = False,
+        robust_dev: str | list[str] | None = None,
+        condition_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -143,6 +149,9 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         self.splits: dict[str, list[Clip]] = {}
         self.datasets: dict[str, ClipDataset] = {}
         self._served: tuple[str | None, bool] | None = None  # (featurizer cache key, raw TRAIN) of self.datasets
+        self._waveforms: dict[str, Tensor] = {}  # identifier -> decoded clip, for the conditions
+        self._featurizer: nn.Module | None = None
+        self._device = torch.device("cpu")
 
     def prepare_data(self) -> None:
         if self.hparams.download and not (self.data_dir / METADATA_FILENAME).is_file():
@@ -184,15 +193,45 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             features = self.cache.get(key, lambda: featurize_all(featurizer, waveforms, device=device))
             by_kind["features"] = dict(zip((c.identifier for c in used), features))
         labeled = resolve_labeled_speakers(self.splits["TRAIN"], _as_list(hp.labeled_speakers))
+        self._waveforms, self._featurizer = by_kind["waveform"], featurizer
+        self._device = device if featurizer is not None else torch.device("cpu")
         self.datasets = {}
         for name, split in self.splits.items():
             raw = featurizer is None or (name == "TRAIN" and served[1])
             kind = "waveform" if raw else "features"
             labels = [c.label if c.speaker in labeled else UNLABELED for c in split] if name == "TRAIN" else None
             self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels)
+        if hp.robust_dev:
+            self.datasets["DEV_ROBUST"] = self.robust_dev_dataset(conditions.suite(hp.robust_dev))
         self._served = served
         log.info("Splits: %s; TRAIN labels from %s (%d clips)", {name: len(ds) for name, ds in self.datasets.items()},
                  sorted(labeled), sum(label != UNLABELED for label in self.datasets["TRAIN"].labels))
+
+    def condition_dataset(self, split: str, condition: conditions.Condition) -> ClipDataset:
+        """`split`'s clips under `condition` (data/conditions.py), computed once and cached like the clean ones: as
+        features of the model set up last, or as waveforms without one. Babble is mixed from clips of speakers
+        outside the split (the TRAIN speakers' for DEV and TEST)."""
+        clips = self.splits[split]
+        rate, seed = self.hparams.sample_rate, self.hparams.condition_seed
+        key = "|".join([clips_key(((c.identifier, c.path) for c in clips), rate, verify=self.hparams.verify_cache),
+                        condition.cache_key, f"seed={seed}"])
+        speakers = {c.speaker for c in clips}
+        pool = [self._waveforms[c.identifier] for name in ("TRAIN", "DEV", "TEST") for c in self.splits[name]
+                if c.speaker not in speakers]
+        waveforms = self.cache.get(key, lambda: condition.apply(
+            [self._waveforms[c.identifier] for c in clips], rate, seed, babble_pool=pool[:2000]))
+        if self._featurizer is None:
+            return ClipDataset(clips, waveforms, "waveform")
+        feature_key = getattr(self._featurizer, "cache_key", None) or repr(self._featurizer)
+        features = self.cache.get(key + feature_key,
+                                  lambda: featurize_all(self._featurizer, waveforms, device=self._device))
+        return ClipDataset(clips, features, "features")
+
+    def robust_dev_dataset(self, chosen: list[conditions.Condition]) -> ClipDataset:
+        """DEV under each of `chosen`, one dataset: the extra validation set behind val/acc_robust."""
+        parts = [self.condition_dataset("DEV", condition) for condition in chosen]
+        return ClipDataset([c for part in parts for c in part.clips], [t for part in parts for t in part.tensors],
+                           parts[0].kind)
 
     def _check_sample_rate(self, featurizer: nn.Module) -> None:
         """Clips are decoded at data.sample_rate and the featurizer assumes its own: they must be one rate."""
@@ -202,8 +241,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
                               "clips are decoded at the first and featurized as if at the second. Set one of them "
                               "(conf/data/reference.yaml takes the featurizer's by default).")
 
-    def dataloader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
-        dataset = self.datasets[split]
+    def dataloader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None,
+                   dataset: ClipDataset | None = None) -> DataLoader:
+        """The loader of a split's dataset (or of `dataset`, e.g. a split under a condition)."""
+        dataset = self.datasets[split] if dataset is None else dataset
         train = split == "TRAIN" and shuffle
         return DataLoader(
             dataset,
@@ -220,7 +261,9 @@ class SpokenDigitDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("TRAIN", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if "DEV_ROBUST" in self.datasets:  # dataloader 1: DEV under the conditions of data.robust_dev
+            return [self._evaluation_dataloader("DEV"), self._evaluation_dataloader("DEV_ROBUST")]
         return self._evaluation_dataloader("DEV")
 
     def test_dataloader(self) -> DataLoader:

@@ -61,12 +61,12 @@ def classifier_head(encoder: nn.Module, num_classes: int) -> nn.Module:
     return nn.Linear(encoder.output_dim, num_classes)
 
 
-def split_metrics(split: str, num_classes: int = NUM_CLASSES) -> MetricCollection:
-    """Accuracy and macro-F1, logged as `<prefix>/acc` with the split's metric prefix (DEV -> val/)."""
+def split_metrics(split: str, num_classes: int = NUM_CLASSES, postfix: str = "") -> MetricCollection:
+    """Accuracy and macro-F1, logged as `<prefix>/acc<postfix>` with the split's metric prefix (DEV -> val/)."""
     return MetricCollection(
         {"acc": MulticlassAccuracy(num_classes, average="micro"),
          "f1_macro": MulticlassF1Score(num_classes, average="macro")},
-        prefix=f"{METRIC_PREFIXES[split]}/",
+        prefix=f"{METRIC_PREFIXES[split]}/", postfix=postfix or None,
     )
 
 
@@ -102,7 +102,10 @@ class DigitClassifier(pl.LightningModule):
         self.train_metrics = split_metrics("TRAIN", num_classes)
         self.val_metrics = split_metrics("DEV", num_classes)
         self.test_metrics = split_metrics("TEST", num_classes)
+        # DEV under corruptions (data.robust_dev), the second validation set when the datamodule has one
+        self.val_robust_metrics = split_metrics("DEV", num_classes, postfix="_robust")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_robust_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
 
     def build_heads(self) -> None:
@@ -194,15 +197,24 @@ class DigitClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # drop values from the sanity check
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # DEV under corruptions: val/acc_robust
+            self._step(batch, self.val_robust_metrics, self.val_robust_loss)
+            self.log("val/loss_robust", self.val_robust_loss, on_step=False, on_epoch=True, add_dataloader_idx=False)
+            self.log_dict(self.val_robust_metrics, on_step=False, on_epoch=True, add_dataloader_idx=False)
+            return
         self._step(batch, self.val_metrics, self.val_loss)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        clean = self.val_metrics["acc"].compute()
+        self.val_acc_best.update(clean)
         # The same value on every DDP rank (val/acc is synced); sync_dist keeps Lightning's check satisfied.
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False, sync_dist=True)
+        if self.val_robust_metrics["acc"].update_called:  # the mean of clean and corrupted DEV, to select on both
+            combined = (clean + self.val_robust_metrics["acc"].compute()) / 2
+            self.log("val/acc_combined", combined, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_metrics, self.test_loss)

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sdr_lightning.config import check_target, check_targets, instantiate_part
+from sdr_lightning.config import check_target, check_targets, compose_config, instantiate_part
 from sdr_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,13 @@ def load_checkpoint(ckpt_path: str | Path, run_dir: str | Path | None = None) ->
 
 def run_datamodule(run: LoadedRun, paths: DictConfig | None = None, data_dir: str | None = None,
                    stage: str = "test") -> Any:
-    """The run's datamodule (its split and settings, on this machine's `paths`, or `data_dir`), set up for its model."""
+    """The run's datamodule (its split and settings, on this machine's `paths`, or `data_dir`), set up for its model.
+    `paths` null: this machine's defaults (conf/paths/default.yaml, SDR_DATA_DIR etc.), as a command would see them."""
     config = run.config
+    if paths is None:
+        paths = compose_config(config_name="predict").paths
     with open_dict(config):
-        if paths is not None:
-            config.paths = paths  # this machine's SDR_DATA_DIR etc.
+        config.paths = paths  # this machine's SDR_DATA_DIR etc.
         if data_dir:
             config.data.dir = data_dir
     datamodule = instantiate_part("data", config.data)

@@ -3,6 +3,7 @@ TensorBoard. Training calls `evaluate_model` at its end; `python eval.py ckpt_pa
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -17,9 +18,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sdr_lightning.analysis.predictions import Predictions
 from sdr_lightning.analysis.report import SplitReport, confusion_figure, format_per_class, write_split_report
+from sdr_lightning.analysis.tables import markdown_table
 from sdr_lightning.audio.features import downsample_spectrogram
 from sdr_lightning.audio.io import load_audio
-from sdr_lightning.data.metadata import REPORT_FOLDERS
+from sdr_lightning.data import conditions
+from sdr_lightning.data.metadata import REPORT_FOLDERS, check_files_exist, read_metadata
 from sdr_lightning.errors import OutputError
 from sdr_lightning.tasks.checkpoint import load_checkpoint, run_datamodule
 
@@ -70,13 +73,15 @@ def evaluate_model(
 
 
 @torch.no_grad()
-def predict_split(model: torch.nn.Module, datamodule, split: str, input_chunks: int = 10) -> Predictions:
-    """Run `model` (a DigitClassifier) over every clip of `split` in the datamodule, in the split's order."""
+def predict_split(model: torch.nn.Module, datamodule, split: str, input_chunks: int = 10,
+                  dataset: Any | None = None) -> Predictions:
+    """Run `model` (a DigitClassifier) over every clip of `split` in the datamodule (or of `dataset`, that split's
+    clips under a condition), in the split's order."""
     was_training = model.training
     model.eval()
-    clips = datamodule.splits[split]
+    clips = datamodule.splits[split] if dataset is None else dataset.clips
     order, probabilities, embeddings, inputs = [], [], [], []
-    for batch in datamodule.dataloader(split):
+    for batch in datamodule.dataloader(split, dataset=dataset):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         features, frames = model.batch_features(batch)
         hidden = model.encoder(features, frames)
@@ -95,6 +100,76 @@ def predict_split(model: torch.nn.Module, datamodule, split: str, input_chunks: 
         embeddings=torch.cat(embeddings).numpy(),
         input_vectors=torch.cat(inputs).flatten(1).numpy(),
     )
+
+
+def evaluate_conditions(model: torch.nn.Module, datamodule: Any, splits: Mapping[str, str], suite: str,
+                        out_dir: Path, writer: SummaryWriter | None = None,
+                        step: int = 0) -> dict[str, dict[str, float]]:
+    """Accuracy of `model` on each split under each condition of `suite` (data/conditions.py), and their mean:
+    `<out_dir>/<report name>/robustness.csv` and `.json`, TensorBoard scalars `robustness_<report name>/<condition>`.
+    Returns {report name: {condition: accuracy, ..., "mean": mean over the conditions}}."""
+    chosen = conditions.suite(suite)
+    results = {}
+    for report_name, split in splits.items():
+        rows, figures = [], {}
+        for condition in chosen:
+            corrupted = datamodule.condition_dataset(split, condition)
+            predictions = predict_split(model, datamodule, split, dataset=corrupted)
+            figures[condition.name] = predictions.accuracy
+            rows.append([condition.name, condition.kind, condition.description, f"{predictions.accuracy:.4f}",
+                         len(predictions)])
+        figures["mean"] = float(np.mean([figures[c.name] for c in chosen]))
+        rows.append(["mean", "", f"mean over the {len(chosen)} conditions", f"{figures['mean']:.4f}", ""])
+        folder = out_dir / report_name
+        folder.mkdir(parents=True, exist_ok=True)
+        header = ["condition", "kind", "what", "accuracy", "clips"]
+        with (folder / "robustness.csv").open("w", newline="") as handle:
+            csv.writer(handle).writerows([header, *rows])
+        (folder / "robustness.json").write_text(json.dumps({"suite": suite, "accuracy": figures}, indent=2) + "\n")
+        print(f"\n{report_name} under the {suite} suite:\n" + markdown_table(header, rows), flush=True)
+        if writer is not None:
+            for name, value in figures.items():
+                writer.add_scalar(f"robustness_{report_name}/{name}", value, step)
+        results[report_name] = figures
+    if writer is not None:
+        writer.flush()
+    return results
+
+
+@torch.no_grad()
+def predict_folder(model: torch.nn.Module, folder: Path, batch_size: int = 128) -> Predictions:
+    """`model` on every clip a folder's metadata table lists (FSDD's layout: clips beside SDR_metadata.tsv, all of
+    its splits), from raw audio: a set recorded or synthesised elsewhere (data/voices.py writes one)."""
+    from sdr_lightning.data.datamodule import collate_waveforms
+
+    clips = read_metadata(folder)
+    check_files_exist(clips)
+    was_training = model.training
+    model.eval()
+    probabilities = []
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start:start + batch_size]
+        batch = collate_waveforms([(load_audio(c.path, model.featurizer.sample_rate), 0, 0) for c in chunk])
+        waveform, lengths = batch["waveform"].to(model.device), batch["lengths"].to(model.device)
+        probabilities.append(model(waveform, lengths).float().softmax(dim=-1).cpu())
+    model.train(was_training)
+    return Predictions(identifiers=[c.identifier for c in clips], speakers=[c.speaker for c in clips],
+                       labels=np.array([c.label for c in clips]), probabilities=torch.cat(probabilities).numpy())
+
+
+def evaluate_sets(model: torch.nn.Module, sets: Mapping[str, str], out_dir: Path,
+                  writer: SummaryWriter | None = None, step: int = 0) -> dict[str, SplitReport]:
+    """The report files of each named folder in `sets` (e.g. {"espeak": ".voices/eval"}) under out_dir/<name>/."""
+    reports = {}
+    for name, folder in sets.items():
+        predictions = predict_folder(model, Path(folder).expanduser())
+        report = write_split_report(predictions, out_dir / name, name,
+                                    title=f"{type(model).__name__} on {name}: accuracy {predictions.accuracy:.3f}")
+        print(format_per_class(report), flush=True)
+        if writer is not None:
+            writer.add_figure(f"confusion_matrix/{name}", confusion_figure(report), step, close=False)
+        reports[name] = report
+    return reports
 
 
 def log_misclassified(writer: SummaryWriter, predictions: Predictions, clips: Sequence[Any], split: str,
@@ -142,9 +217,14 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
         reports = evaluate_model(model, datamodule, splits, out_dir, writer=writer,
                                  embeddings=list(cfg.report.embeddings), projector=cfg.report.projector,
                                  misclassified_audio=cfg.report.misclassified_audio, seed=cfg.seed)
+        robust = (evaluate_conditions(model, datamodule, splits, cfg.suite, out_dir, writer=writer)
+                  if cfg.get("suite") else {})
+        sets = {name: folder for name, folder in (cfg.get("sets") or {}).items() if folder}
+        reports.update(evaluate_sets(model, sets, out_dir, writer=writer))
         if writer is not None:
             writer.close()
-        summary = {split: report.summary() for split, report in reports.items()}
+        summary = {split: {**report.summary(), **({"robustness": robust[split]} if split in robust else {})}
+                   for split, report in reports.items()}
         (out_dir / "eval_metrics.json").write_text(json.dumps(
             {"checkpoint": str(run.checkpoint), "model": name, "splits": summary}, indent=2) + "\n")
     except OSError as err:
@@ -152,7 +232,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
                           f"is in {out_dir}. Free some space, or give another output_dir=.") from err
     print(f"\n{name} from {run.checkpoint}")
     for split, figures in summary.items():
+        robust = f" | {cfg.suite} mean {figures['robustness']['mean']:.4f}" if "robustness" in figures else ""
         print(f"{split}: accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
-              f"{figures['clips']} clips")
+              f"{figures['clips']} clips{robust}")
     print(f"reports: {out_dir}", flush=True)
     return summary

@@ -20,7 +20,7 @@ from sdr_lightning.data.metadata import REPORT_FOLDERS
 from sdr_lightning.errors import ConfigError, OutputError
 from sdr_lightning.files import write_atomically
 from sdr_lightning.tasks.checkpoint import newest_loadable, read_checkpoint
-from sdr_lightning.tasks.evaluate import evaluate_model
+from sdr_lightning.tasks.evaluate import evaluate_conditions, evaluate_model
 from sdr_lightning.tasks.launch import in_multirun
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,9 @@ def train(cfg: DictConfig) -> float | None:
     ckpt = best or None  # fast_dev_run saves nothing: evaluate the weights in memory
     # Keep the final evaluation out of the training curves; its figures go to hp/* and metrics.json.
     loggers, trainer.loggers = trainer.loggers, []
-    dev = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    # one dict per validation set (DEV, and DEV under corruptions with data.robust_dev)
+    dev = {k: v for figures in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+           for k, v in figures.items()}
     test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
     trainer.loggers = loggers
     metrics = {
@@ -164,8 +166,11 @@ def write_outputs(cfg: DictConfig, metrics: dict[str, Any], model: pl.LightningM
         raise OutputError(f"training finished ({figures}), but {metrics_file} could not be written: "
                           f"{err.strerror or err}. The trained checkpoint {best} is kept.") from err
     try:
+        robust = write_reports(cfg, model, datamodule, trainer)
+        if robust:  # the suite's figures join the others in metrics.json and the HPARAMS tab
+            metrics.update(robust)
+            write_atomically(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode(), sync=False)
         log_hparams(trainer.loggers, cfg, metrics)
-        write_reports(cfg, model, datamodule, trainer)
     except OSError as err:
         where = err.filename or output_dir / "reports"
         raise OutputError(f"training finished ({figures}), but writing {where} failed: {err.strerror or err}. Kept: "
@@ -175,16 +180,24 @@ def write_outputs(cfg: DictConfig, metrics: dict[str, Any], model: pl.LightningM
 
 
 def write_reports(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.LightningDataModule,
-                  trainer: pl.Trainer) -> None:
-    """Per-split reports of the evaluated (best) weights under <run>/reports, figures and audio in TensorBoard."""
+                  trainer: pl.Trainer) -> dict[str, float]:
+    """Per-split reports of the evaluated (best) weights under <run>/reports, figures and audio in TensorBoard; with
+    `report.suite`, each split under that suite's conditions too, returned as metrics (robust/<split>_<condition>,
+    robust/<split>_mean)."""
     options = cfg.get("report")
     if not options or not options.splits:
-        return
+        return {}
     writer = next((logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
-    evaluate_model(model, datamodule, {REPORT_FOLDERS[split.upper()]: split.upper() for split in options.splits},
-                   Path(cfg.paths.output_dir) / "reports", writer=writer, step=trainer.global_step,
+    splits = {REPORT_FOLDERS[split.upper()]: split.upper() for split in options.splits}
+    reports_dir = Path(cfg.paths.output_dir) / "reports"
+    evaluate_model(model, datamodule, splits, reports_dir, writer=writer, step=trainer.global_step,
                    embeddings=list(options.embeddings), projector=options.projector,
                    misclassified_audio=options.misclassified_audio, seed=cfg.get("seed") or 0)
+    if not options.get("suite"):
+        return {}
+    robust = evaluate_conditions(model, datamodule, splits, options.suite, reports_dir, writer=writer,
+                                 step=trainer.global_step)
+    return {f"robust/{split}_{name}": value for split, figures in robust.items() for name, value in figures.items()}
 
 
 def log_hparams(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:

@@ -10,10 +10,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
+from sdr_lightning.audio import corrupt
 from sdr_lightning.audio.augment.base import Augmentation, check_range, uniform
+from sdr_lightning.audio.corrupt import fit_width
 from sdr_lightning.audio.features import lengths_to_mask
 from sdr_lightning.errors import ConfigError
 
@@ -43,12 +44,10 @@ class SpeedPerturb(Augmentation):
         groups = []
         for index, factor in enumerate(self.factors):
             rows = torch.nonzero(choice == index).squeeze(1)
-            # Treat the clip as recorded at factor x the rate: played at sample_rate it is factor x faster.
-            source_rate = round(self.sample_rate * factor)
-            if rows.numel() == 0 or source_rate == self.sample_rate:
+            if rows.numel() == 0 or round(self.sample_rate * factor) == self.sample_rate:
                 continue
-            groups.append((rows, AF.resample(waveform[rows], source_rate, self.sample_rate)))
-            new_lengths[rows] = (lengths[rows] * self.sample_rate + source_rate - 1) // source_rate
+            faster, new_lengths[rows] = corrupt.speed(waveform[rows], lengths[rows], self.sample_rate, factor)
+            groups.append((rows, faster))
         if not groups:
             return waveform, lengths
         width = int(new_lengths.max())
@@ -89,17 +88,7 @@ class PitchShift(Augmentation):
         return round(self.sample_rate * 2.0 ** (step / 12) / RATE_GRID_HZ) * RATE_GRID_HZ
 
     def shift(self, waveform: Tensor, step: float) -> Tensor:
-        source_rate = self.source_rate(step)
-        rate = self.sample_rate / source_rate  # < 1 for an upward shift: stretch longer, then play faster
-        length = waveform.shape[-1]
-        window = torch.hann_window(self.n_fft, device=waveform.device, dtype=waveform.dtype)
-        # Zero (not reflect) padding: works for clips shorter than half a window and adds no mirrored audio.
-        spectrum = torch.stft(waveform, self.n_fft, self.hop_length, window=window, pad_mode="constant",
-                              return_complex=True)
-        advance = torch.linspace(0, math.pi * self.hop_length, spectrum.shape[-2], device=waveform.device)[:, None]
-        stretched = AF.phase_vocoder(spectrum, rate, advance)
-        slow = torch.istft(stretched, self.n_fft, self.hop_length, window=window, length=round(length / rate))
-        return fit_width(AF.resample(slow, source_rate, self.sample_rate), length)
+        return corrupt.pitch_shift(waveform, self.sample_rate, step, RATE_GRID_HZ, self.n_fft, self.hop_length)
 
 
 class Gain(Augmentation):
@@ -117,7 +106,7 @@ class Gain(Augmentation):
     def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         batch = len(waveform)
         db = uniform(self.min_db, self.max_db, batch, waveform.device) * self.drawn(batch, waveform.device)
-        return waveform * (10.0 ** (db / 20.0)).to(waveform.dtype)[:, None], lengths
+        return corrupt.gain(waveform, db.to(waveform.dtype)), lengths
 
 
 NOISE_COLORS = ("white", "pink")
@@ -149,26 +138,9 @@ class AddNoise(Augmentation):
         for index, name in enumerate(self.colors):  # noise only for the clips that get it
             rows = torch.nonzero(color == index).squeeze(1)
             if rows.numel():
-                make = pink_noise if name == "pink" else white_noise
-                noise[rows] = make(rows.numel(), width, device, dtype)
-        mask = lengths_to_mask(lengths, width).to(dtype)
-        noise = noise * mask
-        count = lengths.clamp(min=1).to(dtype)
-        signal_power = (waveform.square() * mask).sum(1) / count
-        noise_power = noise.square().sum(1) / count
-        scale = torch.sqrt(signal_power / (noise_power.clamp(min=1e-12) * 10.0 ** (snr_db / 10.0)))
-        return waveform + noise * scale[:, None], lengths
-
-
-def white_noise(batch: int, length: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.randn(batch, length, device=device, dtype=dtype)
-
-
-def pink_noise(batch: int, length: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, length) noise with a 1/f power spectrum: white noise shaped in the frequency domain."""
-    spectrum = torch.fft.rfft(torch.randn(batch, length, device=device, dtype=dtype))
-    frequency = torch.arange(spectrum.shape[-1], device=device, dtype=dtype).clamp(min=1)
-    return torch.fft.irfft(spectrum / frequency.sqrt(), n=length)
+                make = corrupt.pink_noise if name == "pink" else corrupt.white_noise
+                noise[rows] = make(rows.numel(), width, device=device, dtype=dtype)
+        return corrupt.mix_at_snr(waveform, lengths, noise, snr_db), lengths
 
 
 FADE_SHAPES = ("linear", "logarithmic", "exponential", "quarter_sine", "half_sine")
@@ -256,14 +228,148 @@ class TimeShift(Augmentation):
         return torch.gather(waveform, 1, source.clamp(0, width - 1)) * valid, lengths
 
 
-def fit_width(x: Tensor, width: int) -> Tensor:
-    """Zero-pad or cut the last axis to `width`."""
-    if x.shape[-1] >= width:
-        return x[..., :width].clone()
-    return torch.nn.functional.pad(x, (0, width - x.shape[-1]))
-
-
 def _choose(options: int, drawn: Tensor) -> Tensor:
     """(B,) index of the option each drawn clip takes; -1 for clips left alone."""
     choice = torch.randint(options, drawn.shape, device=drawn.device)
     return torch.where(drawn, choice, torch.full_like(choice, -1))
+
+
+class BabbleNoise(Augmentation):
+    """Babble: each clip mixed with `talkers` other clips of its batch (other training speakers, mostly), each at
+    unit loudness from a random start, at an SNR drawn from [min_snr_db, max_snr_db]. The robustness suite's babble
+    conditions mix clips of speakers outside the evaluated split the same way (corrupt.babble_noise)."""
+
+    def __init__(self, min_snr_db: float = 5.0, max_snr_db: float = 25.0, talkers: int = 3, p: float = 0.5) -> None:
+        super().__init__(p)
+        check_range("BabbleNoise: [min_snr_db, max_snr_db]", min_snr_db, max_snr_db)
+        if talkers < 1:
+            raise ConfigError(f"BabbleNoise: talkers={talkers}; use at least 1.")
+        self.min_snr_db, self.max_snr_db, self.talkers = min_snr_db, max_snr_db, talkers
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, width = waveform.shape
+        device, dtype = waveform.device, waveform.dtype
+        drawn = self.drawn(batch, device)
+        snr_db = uniform(self.min_snr_db, self.max_snr_db, batch, device)
+        if batch < 2:
+            return waveform, lengths
+        unit = waveform / corrupt.power(waveform, lengths).sqrt().clamp(min=1e-8)[:, None]
+        step = torch.arange(width, device=device)[None, :]
+        noise = torch.zeros_like(waveform)
+        for _ in range(self.talkers):
+            other = (torch.arange(batch, device=device) + torch.randint(1, batch, (batch,), device=device)) % batch
+            start = (torch.rand(batch, device=device) * lengths[other]).long()
+            source = torch.remainder(step + start[:, None], lengths[other].clamp(min=1)[:, None])  # loops the talker
+            noise += torch.gather(unit[other], 1, source)
+        mixed = corrupt.mix_at_snr(waveform, lengths, noise * drawn[:, None].to(dtype), snr_db)
+        return torch.where(drawn[:, None], mixed, waveform), lengths
+
+
+class BandLimit(Augmentation):
+    """A narrower channel: keep a band whose low edge is drawn from [min_low_hz, max_low_hz] and whose high edge
+    from [min_high_hz, max_high_hz] per clip (a telephone passes 300-3400 Hz; corrupt.band_pass)."""
+
+    def __init__(self, min_low_hz: float = 50.0, max_low_hz: float = 400.0, min_high_hz: float = 2800.0,
+                 max_high_hz: float = 4000.0, sample_rate: int = 8000, p: float = 0.5) -> None:
+        super().__init__(p)
+        check_range("BandLimit: [min_low_hz, max_low_hz]", min_low_hz, max_low_hz, lowest=0.0)
+        check_range("BandLimit: [min_high_hz, max_high_hz]", min_high_hz, max_high_hz)
+        if max_low_hz >= min_high_hz:
+            raise ConfigError(f"BandLimit: max_low_hz={max_low_hz} must lie below min_high_hz={min_high_hz}.")
+        self.low, self.high = (min_low_hz, max_low_hz), (min_high_hz, max_high_hz)
+        self.sample_rate = int(sample_rate)
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, device = len(waveform), waveform.device
+        drawn = self.drawn(batch, device)
+        low = uniform(*self.low, batch, device)
+        high = uniform(*self.high, batch, device)
+        if not drawn.any():
+            return waveform, lengths
+        filtered = corrupt.band_pass(waveform, lengths, self.sample_rate, low, high)
+        return torch.where(drawn[:, None], filtered, waveform), lengths
+
+
+class MuLaw(Augmentation):
+    """Through an 8-bit mu-law codec and back (G.711, the phone network's), on a random share `p` of the clips."""
+
+    def __init__(self, bits: int = 8, p: float = 0.3) -> None:
+        super().__init__(p)
+        if not 2 <= bits <= 16:
+            raise ConfigError(f"MuLaw: bits={bits}; use 2..16 (telephony uses 8).")
+        self.bits = bits
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        drawn = self.drawn(len(waveform), waveform.device)
+        coded = corrupt.mu_law(waveform, self.bits) * lengths_to_mask(lengths, waveform.shape[-1])
+        return torch.where(drawn[:, None], coded, waveform), lengths
+
+
+class Reverb(Augmentation):
+    """A synthetic room per clip: exponentially decaying noise whose energy falls 60 dB in an RT60 drawn from
+    [min_rt60_s, max_rt60_s] (corrupt.synthetic_rir), keeping `tail_s` of the reverberant tail."""
+
+    def __init__(self, min_rt60_s: float = 0.2, max_rt60_s: float = 0.8, tail_s: float = 0.3,
+                 sample_rate: int = 8000, p: float = 0.5) -> None:
+        super().__init__(p)
+        check_range("Reverb: [min_rt60_s, max_rt60_s]", min_rt60_s, max_rt60_s, lowest=0.01)
+        self.min_rt60_s, self.max_rt60_s, self.tail_s = min_rt60_s, max_rt60_s, tail_s
+        self.sample_rate = int(sample_rate)
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, device = len(waveform), waveform.device
+        drawn = self.drawn(batch, device)
+        rt60 = uniform(self.min_rt60_s, self.max_rt60_s, batch, device)
+        if not drawn.any():
+            return waveform, lengths
+        rows = torch.nonzero(drawn).squeeze(1)
+        rir = corrupt.synthetic_rir(rt60[rows].cpu(), self.sample_rate, rows.numel()).to(device)
+        wet, wet_lengths = corrupt.reverberate(waveform[rows], lengths[rows], rir, self.tail_s, self.sample_rate)
+        new_lengths = lengths.clone()
+        new_lengths[rows] = wet_lengths
+        out = fit_width(waveform, wet.shape[-1])
+        out[rows] = wet
+        return out * lengths_to_mask(new_lengths, out.shape[-1]), new_lengths
+
+
+class Clipping(Augmentation):
+    """An input stage driven too hot: each drawn clip's peak raised to a drive in [min_drive, max_drive] times full
+    scale, then cut at +-1 (corrupt.overdrive)."""
+
+    def __init__(self, min_drive: float = 1.0, max_drive: float = 6.0, p: float = 0.3) -> None:
+        super().__init__(p)
+        check_range("Clipping: [min_drive, max_drive]", min_drive, max_drive, lowest=1e-3)
+        self.min_drive, self.max_drive = min_drive, max_drive
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, device = len(waveform), waveform.device
+        drawn = self.drawn(batch, device)
+        drive = uniform(self.min_drive, self.max_drive, batch, device)
+        clipped = corrupt.overdrive(waveform, lengths, drive)
+        return torch.where(drawn[:, None], clipped, waveform), lengths
+
+
+class VoiceShift(Augmentation):
+    """Other voices from each clip: pitch shifted by a step from `semitones` and formants scaled by a factor from
+    `formant_factors`, independently (corrupt.shift_voice; above 1: a higher voice, a shorter vocal tract). One
+    batched call per (step, factor) pair present."""
+
+    def __init__(self, semitones: Sequence[float] = (0, 2, 4, 7, 9),
+                 formant_factors: Sequence[float] = (1.0, 1.08, 1.16), sample_rate: int = 8000,
+                 p: float = 0.5) -> None:
+        super().__init__(p)
+        if not semitones or not formant_factors or any(f <= 0 for f in formant_factors):
+            raise ConfigError(f"VoiceShift: semitones={list(semitones)}, formant_factors={list(formant_factors)}; give "
+                              "one or more steps and positive factors, e.g. [0, 4, 9] and [1.0, 1.1, 1.2].")
+        self.pairs = [(float(s), float(f)) for s in semitones for f in formant_factors]
+        self.sample_rate = int(sample_rate)
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        choice = _choose(len(self.pairs), self.drawn(len(waveform), waveform.device))
+        out = waveform.clone()
+        for index, (step, factor) in enumerate(self.pairs):
+            rows = torch.nonzero(choice == index).squeeze(1)
+            if rows.numel() == 0 or (step == 0 and factor == 1.0):
+                continue
+            out[rows] = corrupt.shift_voice(waveform[rows], lengths[rows], self.sample_rate, step, factor)
+        return out, lengths

@@ -1,0 +1,103 @@
+"""The robustness protocol's table for a set of checkpoints: TEST clean and under every condition of the suite
+(data/conditions.py), the synthetic espeak-ng voices, and leave-one-speaker-out sweeps, beside the targets.
+
+    python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
+        [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--split TEST] [--threads 2] [--out f.json]
+
+A name=path pair names a column (a bare path is named by its run folder). --loso takes a sweep of the six
+`data.fold` jobs (python train.py -m experiment=... data.fold=0,1,2,3,4,5) and reports their TEST mean and worst
+fold. The voices come from `python -m sdr_lightning.data.voices` (their eval set: voices no recipe trains on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import configure, find_data, machine, markdown_table, write_json  # benchmarks/_common.py
+
+from sdr_lightning.data import conditions
+from sdr_lightning.tasks.checkpoint import load_for_inference, run_datamodule
+from sdr_lightning.tasks.evaluate import predict_folder, predict_split
+
+# issue 15's targets, by row (TEST unless said otherwise)
+TARGETS = {"clean": ">= 0.97", "white_20db": ">= 0.95", "white_10db": ">= 0.90", "white_5db": ">= 0.80",
+           "telephone": ">= 0.92", "reverb": ">= 0.95", "quiet": ">= 0.95", "pauses": ">= 0.95",
+           "resampled_16k": ">= 0.95", "resampled_44k": ">= 0.95", "higher_voice": ">= 0.90",
+           "woman_voice": ">= 0.90", "espeak voices": ">= 0.90", "LOSO mean": ">= 0.93", "LOSO worst fold": ">= 0.85"}
+
+
+def named(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, _, path = item.rpartition("=")
+        path = Path(path)
+        out[name or (path.parent.parent.name if path.suffix == ".ckpt" else path.name)] = path
+    return out
+
+
+def score(checkpoint: Path, split: str, voices: Path | None, suite: str, data: Path) -> dict[str, float]:
+    run = load_for_inference(checkpoint, data_dir=str(data))
+    datamodule = run_datamodule(run, data_dir=str(data))
+    figures = {"clean": predict_split(run.model, datamodule, split).accuracy}
+    for condition in conditions.suite(suite):
+        dataset = datamodule.condition_dataset(split, condition)
+        figures[condition.name] = predict_split(run.model, datamodule, split, dataset=dataset).accuracy
+        print(f"  {checkpoint.parent.parent.name}: {condition.name} {figures[condition.name]:.4f}", flush=True)
+    figures["suite mean"] = float(np.mean([figures[c.name] for c in conditions.suite(suite)]))
+    if voices is not None:
+        figures["espeak voices"] = predict_folder(run.model, voices).accuracy
+    return figures
+
+
+def loso(sweep: Path) -> dict[str, float]:
+    folds = {}
+    for metrics_file in sorted(sweep.glob("*/metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        overrides = (metrics_file.parent / ".hydra" / "overrides.yaml").read_text()
+        fold = next((line.split("=")[1] for line in overrides.split("\n") if "data.fold=" in line), "?")
+        folds[fold] = float(metrics["test/acc"])
+    if not folds:
+        raise SystemExit(f"error: no fold job with metrics.json under {sweep}")
+    values = np.array(list(folds.values()))
+    return {"LOSO mean": float(values.mean()), "LOSO worst fold": float(values.min()), "LOSO folds": len(values)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="*", help="name=path/to.ckpt (a column each)")
+    parser.add_argument("--loso", nargs="*", default=[], help="name=sweep folder of the six data.fold jobs")
+    parser.add_argument("--voices", type=Path, default=None, help="the espeak-ng eval set (default: .voices/eval)")
+    parser.add_argument("--split", default="TEST")
+    parser.add_argument("--suite", default="robustness")
+    parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
+                        "(default: $SDR_DATA_DIR, ../shared/speech_data, speech_data)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    configure(args.threads)
+    voices = args.voices or (Path(".voices/eval") if Path(".voices/eval/SDR_metadata.tsv").is_file() else None)
+    print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}\n",
+          flush=True)
+    columns: dict[str, dict[str, float]] = {}
+    for name, checkpoint in named(args.checkpoints).items():
+        columns[name] = score(checkpoint, args.split.upper(), voices, args.suite, find_data(args.data))
+    for name, sweep in named(args.loso).items():
+        columns.setdefault(name, {}).update(loso(sweep))
+    if not columns:
+        sys.exit("error: give checkpoints (name=path.ckpt) or --loso sweeps; see --help")
+    rows = [key for column in columns.values() for key in column]
+    rows = list(dict.fromkeys(rows))
+    table = [[row, TARGETS.get(row, ""), *(f"{columns[c][row]:.4f}" if row in columns[c] else "-" for c in columns)]
+             for row in rows if row != "LOSO folds"]
+    print("\n" + markdown_table(["condition", "target", *columns], table))
+    write_json(args.out, {"machine": machine(), "split": args.split, "columns": columns})
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

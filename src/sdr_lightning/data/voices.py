@@ -1,0 +1,118 @@
+"""Synthetic voices: espeak-ng saying each digit word in several English accents and voice variants, male and
+female, trimmed and resampled to 8 kHz like FSDD's clips, with FSDD's file naming and a metadata table.
+
+    python -m sdr_lightning.data.voices --out .voices        (also `sdr-voices`; writes .voices/eval and .voices/train)
+
+Two disjoint sets: `eval` (variants m1, m3, f1, f3, f5) scores models (eval.py sets.espeak=.voices/eval), `train`
+(m2, m4, m6, f2, f4) may join the training clips (data.synthetic_voices). No voice is in both, so a model trained
+with the train set is still scored on voices it never heard. The command installs nothing: without espeak-ng it
+stops with one message saying how to get it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+
+from sdr_lightning.data.metadata import METADATA_FILENAME, REQUIRED_COLUMNS
+from sdr_lightning.errors import DataError, SdrError
+
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
+           "en-us-nyc")
+VARIANTS = {"eval": ("m1", "m3", "f1", "f3", "f5"), "train": ("m2", "m4", "m6", "f2", "f4")}
+# words per minute of each take (espeak-ng's default is 175): a brisk and a careful reading
+TAKES = (175, 130)
+SAMPLE_RATE = 8000
+# FSDD's clips are cut close: keep what lies within this many dB of the loudest 10 ms, plus a margin
+TRIM_DB, MARGIN_S = 40.0, 0.02
+
+
+def espeak() -> str:
+    """The espeak-ng program, or DataError saying how to install it (nothing is installed here)."""
+    program = shutil.which("espeak-ng")
+    if program is None:
+        raise DataError("espeak-ng not found on PATH: the synthetic voices are spoken by it. Install it (Debian or "
+                        "Ubuntu: apt-get install espeak-ng) and run this again.")
+    return program
+
+
+def trim(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Drop leading and trailing stretches more than TRIM_DB below the loudest 10 ms, keeping MARGIN_S of each."""
+    frame = max(1, rate // 100)
+    frames = len(samples) // frame
+    if frames == 0:
+        return samples
+    energy = (samples[: frames * frame].reshape(frames, frame) ** 2).mean(axis=1)
+    db = 10 * np.log10(np.maximum(energy, 1e-12))
+    active = np.flatnonzero(db > db.max() - TRIM_DB)
+    margin = int(MARGIN_S * rate)
+    start, stop = max(active[0] * frame - margin, 0), min((active[-1] + 1) * frame + margin, len(samples))
+    return samples[start:stop]
+
+
+def speak(program: str, voice: str, text: str, words_per_minute: int) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "word.wav"
+        result = subprocess.run([program, "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode != 0 or not path.is_file():
+            raise DataError(f"espeak-ng -v {voice} failed ({result.stderr.strip() or result.returncode}); check that "
+                            f"`espeak-ng --voices=en` lists the accent and `espeak-ng --voices=variant` the variant.")
+        samples, rate = soundfile.read(path, dtype="float32")
+    return samples, rate
+
+
+def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
+          variants: Sequence[str] | None = None, takes: Sequence[int] = TAKES) -> Path:
+    """Write `out` (clips `<digit>_espeak-<accent>-<variant>_<take>.wav` and SDR_metadata.tsv, split TEST for the
+    eval set, TRAIN for the train set); returns it."""
+    program = espeak()
+    variants = VARIANTS[which] if variants is None else variants
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for accent in accents:
+        for variant in variants:
+            speaker = f"espeak-{accent}-{variant}"
+            for digit, word in enumerate(WORDS):
+                for take, words_per_minute in enumerate(takes):
+                    samples, rate = speak(program, f"{accent}+{variant}", word, words_per_minute)
+                    clip = AF.resample(torch.from_numpy(trim(samples, rate)), rate, SAMPLE_RATE).numpy()
+                    identifier = f"{digit}_{speaker}_{take}"
+                    soundfile.write(out / f"{identifier}.wav", clip, SAMPLE_RATE, subtype="PCM_16")
+                    rows.append([identifier, speaker, "TEST" if which == "eval" else "TRAIN", digit,
+                                 f"{identifier}.wav"])
+    with (out / METADATA_FILENAME).open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["", *REQUIRED_COLUMNS])
+        writer.writerows([index, *row] for index, row in enumerate(rows))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(".voices"), help="folder for eval/ and train/")
+    parser.add_argument("--sets", nargs="+", default=["eval", "train"], choices=sorted(VARIANTS))
+    parser.add_argument("--accents", nargs="+", default=list(ACCENTS))
+    args = parser.parse_args(argv)
+    try:
+        for which in args.sets:
+            folder = build(args.out / which, which, accents=args.accents)
+            print(f"{which}: {len(list(folder.glob('*.wav')))} clips in {folder}")
+    except SdrError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The synthetic voices: espeak-ng's digit words, laid out like FSDD (8 kHz, trimmed, metadata), eval and train sets
+disjoint; without espeak-ng, one clear message and nothing installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from sdr_lightning.data import voices
+from sdr_lightning.data.metadata import read_metadata
+from sdr_lightning.errors import DataError
+
+
+@pytest.fixture
+def espeak_ng() -> str:
+    program = shutil.which("espeak-ng")
+    if program is None:
+        if os.environ.get("CI"):
+            pytest.fail("espeak-ng is missing: .ci/run installs it (apt-get install espeak-ng)")
+        pytest.skip("espeak-ng is not installed here")
+    return program
+
+
+def test_a_small_set_is_laid_out_like_fsdd(espeak_ng: str, tmp_path: Path) -> None:
+    folder = voices.build(tmp_path / "eval", "eval", accents=["en-us", "en-gb"], variants=["m1", "f3"], takes=[175])
+    clips = read_metadata(folder)
+    assert len(clips) == 2 * 2 * 10 and {c.split for c in clips} == {"TEST"}
+    assert {c.speaker for c in clips} == {f"espeak-{a}-{v}" for a in ("en-us", "en-gb") for v in ("m1", "f3")}
+    assert sorted({c.label for c in clips}) == list(range(10))
+    for clip in clips:
+        info = soundfile.info(clip.path)
+        assert info.samplerate == 8000 and info.channels == 1 and 0.15 < info.duration < 1.5  # trimmed, one word
+    assert clips[0].path.name == "0_espeak-en-us-m1_0.wav"
+
+
+def test_the_eval_and_train_voices_are_disjoint() -> None:
+    assert not set(voices.VARIANTS["eval"]) & set(voices.VARIANTS["train"])
+    for which in ("eval", "train"):
+        assert {v[0] for v in voices.VARIANTS[which]} == {"m", "f"}  # male and female in each
+
+
+def test_without_espeak_ng_it_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(voices.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match=r"espeak-ng not found on PATH.*apt-get install espeak-ng"):
+        voices.build(tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(SystemExit, match="^error: espeak-ng not found"):
+        voices.main(["--out", str(tmp_path)])

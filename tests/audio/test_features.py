@@ -113,3 +113,23 @@ def test_cepstra_clip_alone_equals_clip_in_padded_batch() -> None:
     alone, alone_frames = featurizer(waves[1][None], torch.tensor([2500]))
     assert alone_frames.item() == frames[1].item()
     assert torch.allclose(features[1, :, : frames[1]], alone[0, :, : alone_frames[0]], atol=1e-5)
+
+
+def test_pcen_cancels_a_channel_gain_that_the_log_keeps_as_an_offset() -> None:
+    from sdr_lightning.audio.features import PCENMel
+
+    t = torch.arange(8000) / 8000
+    clip = (0.3 * torch.sin(2 * torch.pi * 440 * t) * torch.hann_window(8000) + 0.003 * torch.randn(8000))[None]
+    lengths = torch.tensor([8000])
+    raw = dict(normalization="none", trim_db=None)
+    pcen, frames = PCENMel(**raw)(clip, lengths)
+    quiet, _ = PCENMel(**raw)(clip * 0.05, lengths)
+    assert torch.isfinite(pcen).all() and pcen.shape[1] == 40 and int(frames[0]) == pcen.shape[-1]
+    log, _ = LogMel(**raw)(clip, lengths)
+    log_quiet, _ = LogMel(**raw)(clip * 0.05, lengths)
+    assert float((log - log_quiet).mean()) == pytest.approx(26.0, abs=0.1)  # 20 log10(1/0.05) dB lower
+    relative = float((pcen - quiet).abs().mean() / pcen.abs().mean())
+    assert relative < 0.15  # PCEN divides the gain out (up to its alpha < 1 and delta)
+    assert PCENMel().cache_key != LogMel().cache_key
+    with pytest.raises(ConfigError, match="smoothing=0"):
+        PCENMel(smoothing=0.0)

@@ -91,3 +91,45 @@ def test_missing_data_without_network_fails_clearly(tmp_path: Path) -> None:
                                download_url="http://127.0.0.1:9/fsdd.tar.gz")
     with pytest.raises(DataError, match="SDR_DATA_DIR"):
         dm.prepare_data()
+
+
+class Augments(FeatureConsumer):
+    """A model with waveform augmentations: its featurizer, and the chain the bank runs the clips through."""
+
+    def __init__(self) -> None:
+        from sdr_lightning.audio.augment import AugmentationPipeline
+
+        super().__init__(LogMel(), needs_waveforms=True)
+        self.augmentation = AugmentationPipeline(
+            {"waveform": {"noise": {"_target_": "sdr_lightning.audio.augment.AddNoise", "p": 1.0}}})
+        self.hparams = {"augment": {"waveform": {"noise": {"p": 1.0}}}}
+
+
+def test_augment_bank_serves_each_clip_or_one_of_its_copies(synthetic_data: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), batch_size=8, download=False,
+                               augment_bank=3)
+    state = torch.get_rng_state()
+    dm.setup("fit", model=Augments())
+    assert torch.equal(torch.get_rng_state(), state)  # the bank draws from a generator of its own
+    train_set = dm.datasets["TRAIN"]
+    assert train_set.kind == "features" and train_set.copies == 3 and train_set.padded.shape[0] == 4
+    clean = dm.datasets["TRAIN"].tensors[0]
+    assert not torch.equal(train_set.padded[1, 0, :, : clean.shape[-1]], clean)  # a noisy copy
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["augmented"].dtype == torch.bool and batch["augmented"].any() and "features" in batch
+    # the same seed gives the same bank, from the disk cache: no augmentation runs again
+    monkeypatch.setattr(cache_module, "_MEMORY", {})
+    monkeypatch.setattr(datamodule_module, "augmented_copies", lambda *a, **k: pytest.fail("bank made again"))
+    again = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), download=False, augment_bank=3)
+    again.setup("fit", model=Augments())
+    assert torch.equal(again.datasets["TRAIN"].padded, train_set.padded)
+
+
+def test_a_model_trains_from_the_bank(make_cfg, tmp_path: Path) -> None:
+    from sdr_lightning.tasks.train import train
+
+    value = train(make_cfg("model=cnn", "model.encoder.channels=16", "debug=limit", "augment=[noise,reverb]",
+                           "data.augment_bank=2", "report.projector=false"))
+    assert 0.0 <= value <= 1.0

@@ -77,13 +77,11 @@ class LogMel(nn.Module):
         power = self.mel(waveform)
         frames = self.frame_lengths(lengths).clamp(max=power.shape[-1])
         mask = lengths_to_mask(frames, power.shape[-1])[:, None, :]  # (B, 1, T)
-        db = 10.0 * torch.log10(power.clamp(min=1e-10))
+        db = self.compress(power)
         if self.trim_db is not None:
             db, frames = self._trim(db, power, frames)
             mask = lengths_to_mask(frames, db.shape[-1])[:, None, :]
-        # Floor the dynamic range per clip so digital silence (zero padding) and a noise floor look alike.
-        peak = db.masked_fill(~mask, -torch.inf).amax(dim=(1, 2), keepdim=True)
-        db = torch.maximum(db, peak - self.top_db)
+        db = self.floor(db, mask)
         if self.cepstra is not None:  # keep each frame's spectral envelope, drop the pitch harmonics' ripple
             db = self.lifter @ db
         if self.normalization == "utterance":
@@ -91,6 +89,15 @@ class LogMel(nn.Module):
         elif self.normalization == "cmvn":
             db = _masked_standardize(db, mask, dims=(2,))
         return db.masked_fill(~mask, 0.0), frames
+
+    def compress(self, power: Tensor) -> Tensor:
+        """Mel power -> the values the model sees, before trimming and normalisation: decibels."""
+        return 10.0 * torch.log10(power.clamp(min=1e-10))
+
+    def floor(self, db: Tensor, mask: Tensor) -> Tensor:
+        """Floor the dynamic range per clip, so digital silence (zero padding) and a noise floor look alike."""
+        peak = db.masked_fill(~mask, -torch.inf).amax(dim=(1, 2), keepdim=True)
+        return torch.maximum(db, peak - self.top_db)
 
     def _trim(self, db: Tensor, power: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
         """Drop leading and trailing frames more than `trim_db` below the clip's loudest frame (keeping
@@ -108,6 +115,39 @@ class LogMel(nn.Module):
         index = (start[:, None] + time[None, :]).clamp(max=steps - 1)
         trimmed = db.gather(2, index[:, None, :].expand_as(db))
         return trimmed, stop - start
+
+
+class PCENMel(LogMel):
+    """LogMel with per-channel energy normalisation (PCEN; Wang et al., ICASSP 2017) in place of the logarithm: each
+    Mel band is divided by a slow running average of itself (a time constant of about `1 / smoothing` frames), then
+    root-compressed. That cancels a fixed channel gain per band (microphone, phone line) and lifts speech over
+    stationary noise, where a logarithm keeps both. Trimming, liftering and normalisation follow as in LogMel.
+
+    The waveform is taken as if in 16-bit units (x 2**15), so `delta`, the offset that decides where compression
+    starts, sits where PCEN's authors tuned it."""
+
+    def __init__(self, *args, smoothing: float = 0.025, alpha: float = 0.98, delta: float = 2.0, root: float = 0.5,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, value, low, high in (("smoothing", smoothing, 0.0, 1.0), ("alpha", alpha, 0.0, 1.0),
+                                       ("root", root, 0.0, 1.0)):
+            if not low < value <= high:
+                raise ConfigError(f"model.featurizer.{name}={value}; use a value in ({low}, {high}].")
+        self.settings.update(smoothing=smoothing, alpha=alpha, delta=delta, root=root)
+        self.smoothing, self.alpha, self.delta, self.root = smoothing, alpha, delta, root
+
+    def compress(self, power: Tensor) -> Tensor:
+        energy = power * 2.0**30  # (2**15)**2: power of 16-bit samples
+        # M[t] = (1 - s) M[t-1] + s E[t], started at E[0] (as if the clip's first frame had lasted forever)
+        first = energy[..., :1]
+        b = torch.tensor([self.smoothing, 0.0], dtype=energy.dtype, device=energy.device)
+        a = torch.tensor([1.0, self.smoothing - 1.0], dtype=energy.dtype, device=energy.device)
+        smooth = torchaudio.functional.lfilter(energy - first, a, b, clamp=False) + first
+        gained = energy / (1e-6 + smooth).pow(self.alpha)
+        return (gained + self.delta).pow(self.root) - self.delta**self.root
+
+    def floor(self, db: Tensor, mask: Tensor) -> Tensor:
+        return db  # PCEN's offset already keeps silence at 0
 
 
 def _masked_standardize(x: Tensor, mask: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sdr_lightning.audio import corrupt
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data import conditions
 from sdr_lightning.data.cache import TensorCache, clips_key
@@ -40,14 +42,19 @@ class ClipDataset(Dataset):
     (`__getitems__`) instead of padding clip by clip: that per-clip loop was 17% of the linear model's step."""
 
     def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor], kind: str = "waveform",
-                 labels: Sequence[int] | None = None) -> None:
+                 labels: Sequence[int] | None = None, copies: Sequence[Sequence[Tensor]] = ()) -> None:
         self.clips, self.tensors, self.kind = list(clips), list(tensors), kind
         self.labels = list(labels) if labels is not None else [c.label for c in self.clips]
         self.key, self.length_key = BATCH_KEYS[kind]
+        self.copies = len(copies)
         if self.tensors:
-            whole = _pad_batch([(t, label, i) for i, (t, label) in enumerate(zip(self.tensors, self.labels))],
-                               self.key, self.length_key)
-            self.padded, self.lengths, self.label_tensor = whole[self.key], whole[self.length_key], whole["label"]
+            versions = [_pad_batch([(t, label, i) for i, (t, label) in enumerate(zip(version, self.labels))],
+                                   self.key, self.length_key) for version in (self.tensors, *copies)]
+            width = max(version[self.key].shape[-1] for version in versions)
+            # (versions, clips, ..., frames): the clip itself, then its augmented copies (data.augment_bank)
+            self.padded = torch.stack([corrupt.fit_width(v[self.key], width) for v in versions])
+            self.lengths = torch.stack([v[self.length_key] for v in versions])
+            self.label_tensor = versions[0]["label"]
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -56,15 +63,20 @@ class ClipDataset(Dataset):
         return self.tensors[index], self.labels[index], index
 
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
-        """A whole batch, padded to its longest clip (what `collate_batch` builds from a list of items)."""
+        """A whole batch, padded to its longest clip (what `collate_batch` builds from a list of items). With
+        augmented copies, each clip comes as itself or one of its copies, drawn anew every time (torch's generator)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        lengths = self.lengths[index]
-        return {
-            self.key: self.padded[..., : int(lengths.max())].index_select(0, index),
+        version = torch.randint(self.copies + 1, index.shape) if self.copies else torch.zeros_like(index)
+        lengths = self.lengths[version, index]
+        batch = {
+            self.key: self.padded[version, index][..., : int(lengths.max())],
             self.length_key: lengths,
             "label": self.label_tensor[index],
             "index": index,
         }
+        if self.copies:
+            batch["augmented"] = version > 0  # already through the model's waveform augmentations
+        return batch
 
 
 BATCH_KEYS = {"waveform": ("waveform", "lengths"), "features": ("features", "feature_lengths")}
@@ -110,6 +122,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
     `robust_dev` (a suite name such as "dev_robust", or condition names; data/conditions.py) adds a second
     validation set, DEV under those corruptions, computed once and cached: the model logs val/acc_robust on it.
 
+    `augment_bank` (with a model that augments waveforms): that many augmented copies of each TRAIN clip, made once
+    with the model's waveform augmentations and cached as features; every epoch each clip comes as itself or one of
+    its copies. 0: augment on the fly, every epoch (slower: the augmentations run every step).
+
     Decoded clips and features are cached under `cache_dir` (data/cache.py): keyed by each clip's path, size and
     times (`verify_cache`: by a hash of its contents), at most `cache_max_gb` there, least recently used out first.
 
@@ -140,6 +156,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         verify_cache: bool = False,
         robust_dev: str | list[str] | None = None,
         condition_seed: int = 0,
+        augment_bank: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -173,7 +190,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             self._check_sample_rate(featurizer)
         # A featurizer without a cache_key (not ours) is keyed by its repr, which shows its settings.
         feature_key = None if featurizer is None else getattr(featurizer, "cache_key", None) or repr(featurizer)
-        served = (feature_key, featurizer is not None and bool(getattr(model, "needs_waveforms", False)))
+        augments = featurizer is not None and bool(getattr(model, "needs_waveforms", False))
+        bank = self.hparams.augment_bank if augments else 0
+        # what the datasets serve: the features' setting, raw TRAIN audio (on-the-fly augmentation), the bank's
+        served = (feature_key, augments and not bank, _bank_key(model, bank))
         if self.datasets and served == self._served:
             return
         hp = self.hparams
@@ -200,12 +220,31 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             raw = featurizer is None or (name == "TRAIN" and served[1])
             kind = "waveform" if raw else "features"
             labels = [c.label if c.speaker in labeled else UNLABELED for c in split] if name == "TRAIN" else None
-            self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels)
+            copies = self._augment_bank(model, split, waveform_key, served) if name == "TRAIN" and bank else ()
+            self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels,
+                                              copies)
         if hp.robust_dev:
             self.datasets["DEV_ROBUST"] = self.robust_dev_dataset(conditions.suite(hp.robust_dev))
         self._served = served
         log.info("Splits: %s; TRAIN labels from %s (%d clips)", {name: len(ds) for name, ds in self.datasets.items()},
                  sorted(labeled), sum(label != UNLABELED for label in self.datasets["TRAIN"].labels))
+
+    def _augment_bank(self, model: nn.Module, clips: Sequence[Clip], waveform_key: str,
+                      served: tuple) -> list[list[Tensor]]:
+        """`data.augment_bank` copies of every TRAIN clip through the model's waveform augmentations, then its
+        featurizer: made once (seeded: the same bank for the same config) and cached like the features, so training
+        pays for the augmentations once rather than every epoch."""
+        copies = self.hparams.augment_bank
+        key = "|".join([waveform_key, str(served[0]), str(served[2]), f"seed={self.hparams.condition_seed}"])
+        waveforms = [self._waveforms[c.identifier] for c in clips]
+
+        def make() -> list[Tensor]:
+            log.info("Augmenting the %d TRAIN clips %d times for the bank (once; cached)", len(clips), copies)
+            return augmented_copies(model.augmentation, self._featurizer, waveforms, copies,
+                                    seed=self.hparams.condition_seed, device=self._device)
+
+        flat = self.cache.get(key, make)
+        return [flat[k * len(clips):(k + 1) * len(clips)] for k in range(copies)]
 
     def condition_dataset(self, split: str, condition: conditions.Condition) -> ClipDataset:
         """`split`'s clips under `condition` (data/conditions.py), computed once and cached like the clean ones: as
@@ -315,6 +354,40 @@ def featurize_all(featurizer: nn.Module, waveforms: Sequence[Tensor], batch_size
         for i, feature, n in zip(chunk, features, frames):
             out[i] = feature[:, :n].clone()
     return out  # type: ignore[return-value]
+
+
+def _bank_key(model: nn.Module | None, copies: int) -> str | None:
+    """What makes a bank: how many copies, and the waveform augmentations' config (their modules' settings)."""
+    if not copies or model is None:
+        return None
+    settings = getattr(model, "hparams", {}).get("augment") or repr(model.augmentation.waveform)
+    return f"copies={copies}|{json.dumps(settings, sort_keys=True, default=str)}"
+
+
+@torch.no_grad()
+def augmented_copies(augmentation: nn.Module, featurizer: nn.Module, waveforms: Sequence[Tensor], copies: int,
+                     seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu") -> list[Tensor]:
+    """`copies` rounds of `augmentation`'s waveform chain (in training mode) over `waveforms`, featurized: a flat
+    list, round after round, each in the input order. Its random draws come from a generator of its own, seeded by
+    `seed`, and leave the global one as it was."""
+    augmentation = copy.deepcopy(augmentation).to(device).train()
+    featurizer = copy.deepcopy(featurizer).to(device).eval()
+    order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[-1])
+    out: list[Tensor] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(copies):
+            round_ = [None] * len(waveforms)
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = collate_waveforms([(waveforms[i], 0, 0) for i in chunk])
+                waveform, lengths = augmentation.augment_waveform(batch["waveform"].to(device),
+                                                                  batch["lengths"].to(device))
+                features, frames = featurizer(waveform, lengths)
+                for i, feature, n in zip(chunk, features.cpu(), frames.cpu()):
+                    round_[i] = feature[:, :n].clone()
+            out.extend(round_)
+    return out
 
 
 def _as_list(value) -> list[str] | None:

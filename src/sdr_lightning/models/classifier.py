@@ -145,7 +145,8 @@ class DigitClassifier(pl.LightningModule):
 
         Every call draws afresh, so two calls give two views of a batch (SimCLR)."""
         if "features" in batch:
-            if self.training and self.needs_waveforms:
+            # "augmented": a bank of copies made once with these waveform augmentations (data.augment_bank)
+            if self.training and self.needs_waveforms and "augmented" not in batch:
                 raise ConfigError(
                     "this model has waveform augmentations (model.augment.waveform), but its training batches hold "
                     "precomputed features. Let the datamodule see the model: trainer.fit(model, datamodule=dm), or "

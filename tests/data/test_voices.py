@@ -50,3 +50,18 @@ def test_without_espeak_ng_it_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch
     assert not (tmp_path / "eval").exists()
     with pytest.raises(SystemExit, match="^error: espeak-ng not found"):
         voices.main(["--out", str(tmp_path)])
+
+
+def test_synthetic_voices_join_train_and_the_eval_set_is_refused(espeak_ng: str, synthetic_data: Path,
+                                                                 tmp_path: Path) -> None:
+    from sdr_lightning.data.datamodule import SpokenDigitDataModule
+    from sdr_lightning.errors import ConfigError
+
+    train_set = voices.build(tmp_path / "train", "train", accents=["en-us"], variants=["m2"], takes=[175])
+    dm = SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(train_set))
+    dm.setup("fit")
+    assert len(dm.datasets["TRAIN"]) == 80 + 10
+    assert {c.speaker for c in dm.splits["TRAIN"]} >= {"espeak-en-us-m2", "george"}
+    eval_set = voices.build(tmp_path / "eval", "eval", accents=["en-us"], variants=["m1"], takes=[175])
+    with pytest.raises(ConfigError, match="eval set"):
+        SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(eval_set)).setup("fit")

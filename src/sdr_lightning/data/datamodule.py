@@ -122,6 +122,8 @@ class SpokenDigitDataModule(pl.LightningDataModule):
     `robust_dev` (a suite name such as "dev_robust", or condition names; data/conditions.py) adds a second
     validation set, DEV under those corruptions, computed once and cached: the model logs val/acc_robust on it.
 
+    `synthetic_voices` (a folder written by data/voices.py, its train set): its clips join TRAIN, labeled.
+
     `augment_bank` (with a model that augments waveforms): that many augmented copies of each TRAIN clip, made once
     with the model's waveform augmentations and cached as features; every epoch each clip comes as itself or one of
     its copies. 0: augment on the fly, every epoch (slower: the augmentations run every step).
@@ -157,6 +159,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         robust_dev: str | list[str] | None = None,
         condition_seed: int = 0,
         augment_bank: int = 0,
+        synthetic_voices: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -200,6 +203,8 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         clips = read_metadata(self.data_dir)
         self.splits = select_splits(clips, _as_list(hp.train_speakers), _as_list(hp.dev_speakers),
                                     _as_list(hp.test_speakers), hp.allow_speaker_overlap, fold=hp.fold)
+        if hp.synthetic_voices:  # extra TRAIN clips of voices that no evaluation uses (data/voices.py's train set)
+            self.splits["TRAIN"] = self.splits["TRAIN"] + synthetic_training_clips(Path(hp.synthetic_voices))
         used = sorted({c.identifier: c for split in self.splits.values() for c in split}.values(),
                       key=lambda c: c.identifier)
         check_files_exist(used)
@@ -354,6 +359,17 @@ def featurize_all(featurizer: nn.Module, waveforms: Sequence[Tensor], batch_size
         for i, feature, n in zip(chunk, features, frames):
             out[i] = feature[:, :n].clone()
     return out  # type: ignore[return-value]
+
+
+def synthetic_training_clips(folder: Path) -> list[Clip]:
+    """The clips of a synthetic voice set (python -m sdr_lightning.data.voices: <out>/train) to add to TRAIN; its
+    eval set, whose voices score models, is refused."""
+    clips = read_metadata(folder)
+    if any(c.split != "TRAIN" for c in clips):
+        raise ConfigError(f"data.synthetic_voices={folder}: its metadata lists clips outside TRAIN, as the voices' "
+                          "eval set does; train only on the train set (python -m sdr_lightning.data.voices writes "
+                          "<out>/train), so the voices a model is scored on stay unheard.")
+    return clips
 
 
 def _bank_key(model: nn.Module | None, copies: int) -> str | None:

@@ -93,3 +93,33 @@ def test_peak_rss_follows_allocation(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert 250 < large - small < 350
     with pytest.raises(SystemExit, match="failed"):
         peak_memory.peak_rss_mb([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path / "fail.log")
+
+
+def test_robustness_table(cnn_run: dict, synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture) -> None:
+    from sdr_lightning.data import conditions
+
+    monkeypatch.setitem(conditions.SUITES, "small", ["quiet", "telephone"])
+    sweep = tmp_path / "loso"
+    for fold, accuracy in enumerate([0.9, 0.7, 0.8]):
+        (sweep / f"{fold}_data.fold-{fold}" / ".hydra").mkdir(parents=True)
+        (sweep / f"{fold}_data.fold-{fold}" / ".hydra" / "overrides.yaml").write_text(f"- data.fold={fold}\n")
+        (sweep / f"{fold}_data.fold-{fold}" / "metrics.json").write_text(json.dumps({"test/acc": accuracy}))
+    out = tmp_path / "robust.json"
+    load("robustness", monkeypatch).main([f"tiny={cnn_run['best_checkpoint']}", "--suite", "small", "--data",
+                                          str(synthetic_data), "--voices", str(synthetic_data),
+                                          "--loso", f"tiny={sweep}", "--out", str(out)])
+    column = json.loads(out.read_text())["columns"]["tiny"]
+    assert set(column) >= {"clean", "quiet", "telephone", "suite mean", "espeak voices", "LOSO mean"}
+    assert column["LOSO worst fold"] == 0.7 and column["LOSO mean"] == pytest.approx(0.8)
+    assert "| telephone | >= 0.92 |" in capsys.readouterr().out
+
+
+def test_recipe_cost(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "cost.json"
+    load("recipe_cost", monkeypatch).main(["--data", str(synthetic_data), "--baseline", "model=linear",
+                                           "--candidate", "model=linear augment=noise data.augment_bank=1",
+                                           "--epochs", "1", "--latency-runs", "3", "--out", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["train_ratio"] > 0 and figures["latency_ratio"] > 0
+    assert figures["recipes"]["candidate"]["overrides"].endswith("data.augment_bank=1")

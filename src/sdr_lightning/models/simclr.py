@@ -151,6 +151,11 @@ class SimCLR(DigitClassifier):
         # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
         if stage == "fit" and self.hparams.pretrained:
             self.load_pretrained(self.hparams.pretrained)
+        bank = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("augment_bank", 0)
+        if stage == "fit" and bank and self.hparams.contrastive_weight > 0 and self.needs_waveforms:
+            log.warning("data.augment_bank=%d: a batch holds one copy of each clip, so SimCLR's two views share its "
+                        "waveform augmentations and differ only in the spectrogram ones. Set data.augment_bank=0 for "
+                        "views drawn afresh each step.", bank)
 
     def load_pretrained(self, path: str) -> None:
         """Copy the encoder and projector of a SimCLR checkpoint (the featurizer and head stay as built)."""

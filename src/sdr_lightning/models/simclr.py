@@ -151,7 +151,8 @@ class SimCLR(DigitClassifier):
         # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
         if stage == "fit" and self.hparams.pretrained:
             self.load_pretrained(self.hparams.pretrained)
-        bank = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("augment_bank", 0)
+        # self._trainer: setup() may be called by hand, with no Trainer attached.
+        bank = getattr(getattr(self._trainer, "datamodule", None), "hparams", {}).get("augment_bank", 0)
         if stage == "fit" and bank and self.hparams.contrastive_weight > 0 and self.needs_waveforms:
             log.warning("data.augment_bank=%d: a batch holds one copy of each clip, so SimCLR's two views share its "
                         "waveform augmentations and differ only in the spectrogram ones. Set data.augment_bank=0 for "

@@ -19,6 +19,7 @@ from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data import conditions
 from sdr_lightning.data.cache import TensorCache, clips_key
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
+from sdr_lightning.data.folder import FolderClips, add_folder_splits, read_extra_folders
 from sdr_lightning.data.metadata import (
     METADATA_FILENAME,
     UNLABELED,
@@ -124,6 +125,9 @@ class SpokenDigitDataModule(pl.LightningDataModule):
 
     `synthetic_voices` (a folder written by data/voices.py, its train set): its clips join TRAIN, labeled.
 
+    `extra_train` / `extra_eval` (a folder of labelled clips, or its CSV; data/folder.py, data=folder): its clips join
+    TRAIN, or make the split EXTRA (reported after DEV/TEST); a speaker also on the other side is refused.
+
     `augment_bank` (with a model that augments waveforms): that many augmented copies of each TRAIN clip, made once
     with the model's waveform augmentations and cached as features; every epoch each clip comes as itself or one of
     its copies. 0: augment on the fly, every epoch (slower: the augmentations run every step).
@@ -160,6 +164,8 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         condition_seed: int = 0,
         augment_bank: int = 0,
         synthetic_voices: str | None = None,
+        extra_train: str | list[str] | None = None,
+        extra_eval: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -172,6 +178,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         self._waveforms: dict[str, Tensor] = {}  # identifier -> decoded clip, for the conditions
         self._featurizer: nn.Module | None = None
         self._device = torch.device("cpu")
+        self.folders: dict[str, FolderClips] | None = None  # extra_train / extra_eval, read (and listed) once
 
     def prepare_data(self) -> None:
         if self.hparams.download and not (self.data_dir / METADATA_FILENAME).is_file():
@@ -205,6 +212,10 @@ class SpokenDigitDataModule(pl.LightningDataModule):
                                     _as_list(hp.test_speakers), hp.allow_speaker_overlap, fold=hp.fold)
         if hp.synthetic_voices:  # extra TRAIN clips of voices that no evaluation uses (data/voices.py's train set)
             self.splits["TRAIN"] = self.splits["TRAIN"] + synthetic_training_clips(Path(hp.synthetic_voices))
+        if hp.extra_train or hp.extra_eval:  # the user's own labelled clips (data/folder.py)
+            if self.folders is None:
+                self.folders = read_extra_folders(hp.extra_train, hp.extra_eval)
+            self.splits = add_folder_splits(self.splits, self.folders, hp.allow_speaker_overlap)
         used = sorted({c.identifier: c for split in self.splits.values() for c in split}.values(),
                       key=lambda c: c.identifier)
         check_files_exist(used)

@@ -1,5 +1,7 @@
 """Evaluate a trained model on named splits: report files per split, plus figures, audio and embeddings in
-TensorBoard. Training calls `evaluate_model` at its end; `python eval.py ckpt_path=...` calls `evaluate`."""
+TensorBoard. Training calls `evaluate_model` at its end; `python eval.py ckpt_path=...` calls `evaluate`, and
+`python eval.py ckpt_path=... audio_dir=my_clips/` evaluates a folder of the user's own labelled clips instead
+(data/folder.py, docs/own_recordings.md)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from sdr_lightning.analysis.tables import markdown_table
 from sdr_lightning.audio.features import downsample_spectrogram
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data import conditions
+from sdr_lightning.data.folder import EXTRA_SPLIT, resolve_source
 from sdr_lightning.data.metadata import REPORT_FOLDERS, check_files_exist, read_metadata
-from sdr_lightning.errors import OutputError
+from sdr_lightning.errors import ConfigError, OutputError
 from sdr_lightning.tasks.checkpoint import load_checkpoint, run_datamodule
 
 log = logging.getLogger(__name__)
@@ -40,9 +43,14 @@ def evaluate_model(
     projector: bool = False,
     misclassified_audio: int = 0,
     seed: int = 0,
+    include_extra: bool = True,
 ) -> dict[str, SplitReport]:
-    """`splits` maps a report name (a folder under `out_dir`) to a datamodule split (TRAIN/DEV/TEST)."""
+    """`splits` maps a report name (a folder under `out_dir`) to a datamodule split (TRAIN/DEV/TEST). With
+    `include_extra`, the datamodule's EXTRA split (data.extra_eval) is reported too, named after its folder."""
     name = type(model).__name__
+    folders = getattr(datamodule, "folders", None) or {}
+    if include_extra and EXTRA_SPLIT in folders and EXTRA_SPLIT not in splits.values():
+        splits = {**splits, folders[EXTRA_SPLIT].name: EXTRA_SPLIT}
     reports = {}
     for report_name, split in splits.items():
         predictions = predict_split(model, datamodule, split)
@@ -51,6 +59,7 @@ def evaluate_model(
                                     title=f"{name} on {report_name}: accuracy {predictions.accuracy:.3f}")
         reports[report_name] = report
         print(format_per_class(report), flush=True)
+        print(format_per_speaker(write_per_speaker(predictions, folder)), flush=True)
         if embeddings or (projector and writer is not None):
             # Imported here: umap-learn takes seconds to import and most runs need none of it.
             from sdr_lightning.analysis.embeddings import embedding_report
@@ -70,6 +79,35 @@ def evaluate_model(
     if writer is not None:
         writer.flush()
     return reports
+
+
+def write_per_speaker(predictions: Predictions, folder: Path) -> dict[str, dict[str, float | int]]:
+    """`<folder>/per_speaker.csv`: clips, correct ones and accuracy of each speaker (sorted by name); returns them."""
+    figures = {}
+    for speaker in sorted(set(predictions.speakers)):
+        mine = np.array([s == speaker for s in predictions.speakers])
+        correct = int(predictions.correct[mine].sum())
+        figures[speaker] = {"clips": int(mine.sum()), "correct": correct, "accuracy": round(correct / mine.sum(), 6)}
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "per_speaker.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["speaker", "clips", "correct", "accuracy"])
+        writer.writerows([speaker, f["clips"], f["correct"], f"{f['accuracy']:.6f}"] for speaker, f in figures.items())
+    return figures
+
+
+def read_per_speaker(folder: Path) -> dict[str, float]:
+    """{speaker: accuracy} from `<folder>/per_speaker.csv` ({} if there is none)."""
+    path = folder / "per_speaker.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["speaker"]: float(row["accuracy"]) for row in csv.DictReader(handle)}
+
+
+def format_per_speaker(figures: dict[str, dict[str, float | int]]) -> str:
+    shown = (f"{speaker} {f['accuracy']:.3f} ({f['clips']})" for speaker, f in figures.items())
+    return "per speaker: " + ", ".join(shown)
 
 
 @torch.no_grad()
@@ -125,7 +163,8 @@ def evaluate_conditions(model: torch.nn.Module, datamodule: Any, splits: Mapping
         header = ["condition", "kind", "what", "accuracy", "clips"]
         with (folder / "robustness.csv").open("w", newline="") as handle:
             csv.writer(handle).writerows([header, *rows])
-        (folder / "robustness.json").write_text(json.dumps({"suite": suite, "accuracy": figures}, indent=2) + "\n")
+        named = suite if isinstance(suite, str) else list(suite)  # a list from the command line is a ListConfig
+        (folder / "robustness.json").write_text(json.dumps({"suite": named, "accuracy": figures}, indent=2) + "\n")
         print(f"\n{report_name} under the {suite} suite:\n" + markdown_table(header, rows), flush=True)
         if writer is not None:
             for name, value in figures.items():
@@ -166,6 +205,7 @@ def evaluate_sets(model: torch.nn.Module, sets: Mapping[str, str], out_dir: Path
         report = write_split_report(predictions, out_dir / name, name,
                                     title=f"{type(model).__name__} on {name}: accuracy {predictions.accuracy:.3f}")
         print(format_per_class(report), flush=True)
+        print(format_per_speaker(write_per_speaker(predictions, out_dir / name)), flush=True)
         if writer is not None:
             writer.add_figure(f"confusion_matrix/{name}", confusion_figure(report), step, close=False)
         reports[name] = report
@@ -186,11 +226,19 @@ def log_misclassified(writer: SummaryWriter, predictions: Predictions, clips: Se
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
-    """`python eval.py`: load a checkpoint with its run's saved config and evaluate it on `cfg.splits` or
-    `cfg.speakers`, writing the reports under `cfg.output_dir` (null: <run>/eval/<time>), a folder made only once the
-    checkpoint and the clips have loaded."""
+    """`python eval.py`: load a checkpoint with its run's saved config and evaluate it on `cfg.splits`,
+    `cfg.speakers` or the folder `cfg.audio_dir` (and/or CSV `cfg.audio_csv`), writing the reports under
+    `cfg.output_dir` (null: <run>/eval/<time>), a folder made only once the checkpoint and the clips have loaded."""
+    audio = audio_source(cfg)
+    if audio is not None and cfg.get("speakers"):
+        raise ConfigError("speakers= and audio_dir= each replace `splits` with one report; give one of them.")
     run = load_checkpoint(cfg.ckpt_path, cfg.get("run_dir"))
     splits = {REPORT_FOLDERS[split.upper()]: split.upper() for split in cfg.splits}
+    if audio is not None:  # the user's own clips (data/folder.py), as the datamodule's EXTRA split
+        with open_dict(run.config):
+            run.config.data.extra_eval = audio
+            run.config.data.allow_speaker_overlap = True  # judged below, with a warning instead of an error
+        splits = {}  # named after the folder once it is read
     if cfg.get("speakers"):
         speakers = [str(s) for s in cfg.speakers]
         with open_dict(run.config):
@@ -198,6 +246,12 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
             run.config.data.allow_speaker_overlap = True  # judged below, with a warning instead of an error
         splits = {"+".join(speakers): "TEST"}
     datamodule = run_datamodule(run, cfg.paths, cfg.get("data_dir"))
+    extra = (getattr(datamodule, "folders", None) or {}).get(EXTRA_SPLIT)
+    own = extra if audio is not None else None
+    if own is not None:
+        splits = {own.name: EXTRA_SPLIT}
+    elif extra is not None and not cfg.get("speakers"):  # the run's data.extra_eval, after DEV/TEST
+        splits = {**splits, extra.name: EXTRA_SPLIT}
     heard = sorted({c.speaker for c in datamodule.splits["TRAIN"]} & {
         c.speaker for split in splits.values() for c in datamodule.splits[split]})
     if heard:
@@ -216,15 +270,19 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
         writer = SummaryWriter(str(out_dir / "tensorboard")) if cfg.report.tensorboard else None
         reports = evaluate_model(model, datamodule, splits, out_dir, writer=writer,
                                  embeddings=list(cfg.report.embeddings), projector=cfg.report.projector,
-                                 misclassified_audio=cfg.report.misclassified_audio, seed=cfg.seed)
+                                 misclassified_audio=cfg.report.misclassified_audio, seed=cfg.seed,
+                                 include_extra=False)
         robust = (evaluate_conditions(model, datamodule, splits, cfg.suite, out_dir, writer=writer)
                   if cfg.get("suite") else {})
         sets = {name: folder for name, folder in (cfg.get("sets") or {}).items() if folder}
         reports.update(evaluate_sets(model, sets, out_dir, writer=writer))
         if writer is not None:
             writer.close()
-        summary = {split: {**report.summary(), **({"robustness": robust[split]} if split in robust else {})}
+        summary = {split: {**report.summary(), "per_speaker": read_per_speaker(out_dir / split),
+                           **({"robustness": robust[split]} if split in robust else {})}
                    for split, report in reports.items()}
+        if own is not None:  # the files of audio_dir left out, as listed when it was read
+            summary[own.name]["left_out"] = [{"file": str(p.path), "reason": p.reason} for p in own.problems]
         (out_dir / "eval_metrics.json").write_text(json.dumps(
             {"checkpoint": str(run.checkpoint), "model": name, "splits": summary}, indent=2) + "\n")
     except OSError as err:
@@ -237,3 +295,18 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
               f"{figures['clips']} clips{robust}")
     print(f"reports: {out_dir}", flush=True)
     return summary
+
+
+def audio_source(cfg: DictConfig) -> str | list[str] | None:
+    """eval.py's `audio_dir` (a folder, or a CSV) and `audio_csv`, as data.extra_eval takes them; null: neither."""
+    folder, table = cfg.get("audio_dir"), cfg.get("audio_csv")
+    if not folder and not table:
+        return None
+    if folder and not Path(folder).expanduser().exists():
+        raise ConfigError(f"audio_dir={folder}: no such folder; give the folder of your clips (docs/own_recordings.md)")
+    if table and not Path(table).expanduser().is_file():
+        raise ConfigError(f"audio_csv={table}: no such file; give a labels CSV (file,label[,speaker]).")
+    if folder and table:
+        return [str(Path(folder).expanduser().resolve()), str(Path(table).expanduser().resolve())]
+    path, csv_path = resolve_source(folder or table)
+    return str((csv_path or path).resolve())

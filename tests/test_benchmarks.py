@@ -123,3 +123,18 @@ def test_recipe_cost(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.M
     figures = json.loads(out.read_text())
     assert figures["train_ratio"] > 0 and figures["latency_ratio"] > 0
     assert figures["recipes"]["candidate"]["overrides"].endswith("data.augment_bank=1")
+
+
+def test_digit_strings(cnn_run: dict, synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "strings.json"
+    load("digit_strings", monkeypatch).main([cnn_run["best_checkpoint"], "--data", str(synthetic_data), "--strings",
+                                             "3", "--conditions", "clean", "white_10db", "--segmenters", "energy",
+                                             "--digit-free-s", "3", "--stream-strings", "2", "--gates", "0", "0.5",
+                                             "--out", str(out)])
+    figures = json.loads(out.read_text())["results"]["energy"]
+    clean = figures["clean"]["0.0"]
+    assert clean["digits"] >= 9 and 0 <= clean["der"] and clean["string_acc"] <= 1
+    assert figures["clean"]["0.5"]["insertions"] <= clean["insertions"]  # a gate only ever drops digits
+    assert "room tone" in figures and figures["streaming"]["digits"] > 0
+    assert "| clean |" in capsys.readouterr().out

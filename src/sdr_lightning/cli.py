@@ -10,6 +10,8 @@ both call these functions.
 | compare.py / sdr-compare | (arguments) | sdr_lightning.analysis.compare.main |
 | sdr-significance | (arguments) | sdr_lightning.analysis.significance.main |
 | sdr-voices | (arguments) | sdr_lightning.data.voices.main (espeak-ng's synthetic voices) |
+| sdr-listen | conf/listen.yaml | sdr_lightning.tasks.listen.listen (digits from the microphone) |
+| demo.py / sdr-demo | conf/demo.yaml | sdr_lightning.tasks.demo.demo (a local web page) |
 
 The Hydra commands compose the repository's conf/ with the command line's overrides, print our own errors (SdrError)
 as one line without a traceback, and import their task only once the config is composed, so `--help` and config
@@ -98,3 +100,5 @@ export = hydra_command("export", "sdr_lightning.tasks.export:export")
 compare = argparse_command("sdr_lightning.analysis.compare")
 significance = argparse_command("sdr_lightning.analysis.significance")
 voices = argparse_command("sdr_lightning.data.voices")
+listen = hydra_command("listen", "sdr_lightning.tasks.listen:listen")
+demo = hydra_command("demo", "sdr_lightning.tasks.demo:demo")

@@ -133,3 +133,4 @@ def test_pcen_cancels_a_channel_gain_that_the_log_keeps_as_an_offset() -> None:
     assert PCENMel().cache_key != LogMel().cache_key
     with pytest.raises(ConfigError, match="smoothing=0"):
         PCENMel(smoothing=0.0)
+

@@ -54,3 +54,29 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     if source_rate != sample_rate:
         waveform = AF.resample(waveform, source_rate, sample_rate)
     return waveform.contiguous()
+
+
+class StreamResampler:
+    """Resample a stream block by block, as one long resampling of the whole stream would (up to float error): each
+    block is resampled with `context` input samples on either side, so the output lags the input by `context`."""
+
+    def __init__(self, source_rate: int, target_rate: int, context: int = 256) -> None:
+        import math
+
+        self.source_rate, self.target_rate = source_rate, target_rate
+        divisor = math.gcd(source_rate, target_rate)
+        self.unit_in, self.unit_out = source_rate // divisor, target_rate // divisor
+        self.pad = math.ceil(context / self.unit_in)  # context, in whole units
+        self.buffer = np.zeros(self.pad * self.unit_in, dtype=np.float32)  # silence before the stream
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if self.source_rate == self.target_rate:
+            return np.asarray(block, dtype=np.float32).ravel()
+        self.buffer = np.concatenate([self.buffer, np.asarray(block, dtype=np.float32).ravel()])
+        units = len(self.buffer) // self.unit_in - 2 * self.pad  # whole units with context on both sides
+        if units <= 0:
+            return np.zeros(0, dtype=np.float32)
+        window = torch.from_numpy(self.buffer[: (units + 2 * self.pad) * self.unit_in])
+        out = AF.resample(window, self.source_rate, self.target_rate).numpy()
+        self.buffer = self.buffer[units * self.unit_in:]
+        return out[self.pad * self.unit_out:(self.pad + units) * self.unit_out]

@@ -1,20 +1,22 @@
 """Predict the digit of audio files with a trained checkpoint: `python predict.py ckpt_path=... audio=<file, folder
 or glob>` prints one line per file (and can write a CSV). Files are decoded by `load_audio` (any sample rate,
 stereo, integer or float), edge silence is trimmed inside the model, and a bad file gets an error line of its own
-while the others are still predicted."""
+while the others are still predicted. `mode=sequence` gives each file's digit string instead (a PIN, a phone
+number), with each digit's start, end and confidence (sdr_lightning.sequence)."""
 
 from __future__ import annotations
 
 import csv
 import glob
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.datamodule import collate_waveforms
@@ -146,20 +148,106 @@ def write_csv(results: Sequence[FilePrediction], path: Path, num_classes: int) -
             writer.writerow([r.path, *figures, r.error or "", r.warning or ""])
 
 
-def predict(cfg: DictConfig) -> list[FilePrediction]:
-    """Print (and with `cfg.csv`, write) a prediction per file. Raises DataError only if every file failed, so the
-    command exits non-zero then and zero when at least one file was predicted."""
+@dataclass
+class FileDigits:
+    path: str
+    digits: list = field(default_factory=list)  # RecognizedDigit, in order
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(str(d.digit) for d in self.digits)
+
+
+def recognize_files(recognizer, paths: Sequence[str | Path]) -> list[FileDigits]:
+    """The digit string of each file, in order (a `DigitStringRecognizer`); a file that cannot be decoded gets its
+    error instead."""
+    results = []
+    for path in paths:
+        try:
+            waveform = load_audio(path, recognizer.sample_rate)
+        except DataError as err:
+            results.append(FileDigits(str(path), error=str(err)))
+            continue
+        results.append(FileDigits(str(path), recognizer.recognize(waveform.numpy())))
+    return results
+
+
+def format_digit_strings(results: Sequence[FileDigits]) -> str:
+    """One line per file: `path  4 1 5 5`, `path  (no digits)` or `path  error: <why>`."""
+    width = max([len("path"), *(len(r.path) for r in results)])
+    lines = [f"{'path':<{width}}  digits"]
+    for r in results:
+        lines.append(f"{r.path:<{width}}  " + (f"error: {r.error}" if r.error else r.text or "(no digits)"))
+    return "\n".join(lines)
+
+
+def write_digit_csv(results: Sequence[FileDigits], path: Path, num_classes: int) -> None:
+    """One row per digit: `path, index, digit, start_s, end_s, confidence, prob_0 ... prob_9, error`; a file with
+    no digits, or that failed, gets one row with the figures empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "index", "digit", "start_s", "end_s", "confidence",
+                         *(f"prob_{k}" for k in range(num_classes)), "error"])
+        for r in results:
+            for index, d in enumerate(r.digits):
+                writer.writerow([r.path, index, d.digit, f"{d.start_s:.3f}", f"{d.end_s:.3f}", f"{d.confidence:.6f}",
+                                 *(f"{p:.6f}" for p in d.probabilities), ""])
+            if not r.digits:
+                writer.writerow([r.path, *[""] * (5 + num_classes), r.error or ""])
+
+
+def digit_strings_json(results: Sequence[FileDigits]) -> list[dict]:
+    return [{"path": r.path, "digits": r.text, "error": r.error,
+             "segments": [{"digit": d.digit, "start_s": round(d.start_s, 3), "end_s": round(d.end_s, 3),
+                           "confidence": round(d.confidence, 6)} for d in r.digits]} for r in results]
+
+
+def predict(cfg: DictConfig) -> list[FilePrediction] | list[FileDigits]:
+    """Print (and with `cfg.csv` / `cfg.json`, write) a prediction per file: one digit (`mode=one`) or the digit
+    string (`mode=sequence`). Raises DataError only if every file failed, so the command exits non-zero then and
+    zero when at least one file was predicted."""
     audio = cfg.audio
+    mode = cfg.get("mode", "one")
+    if mode not in ("one", "sequence"):
+        raise ConfigError(f"mode={mode}: use mode=one (one digit per file) or mode=sequence (a digit string).")
     paths = find_audio(list(audio) if isinstance(audio, ListConfig) else str(audio))
     model = load_model(cfg)
+    if mode == "sequence":
+        return predict_sequences(cfg, model, paths)
+    if cfg.get("json"):
+        raise ConfigError("json= is written in mode=sequence only; use csv= for one digit per file.")
     results = predict_files(model, paths, batch_size=cfg.batch_size)
     print(format_predictions(results), flush=True)
     if cfg.get("csv"):
         write_csv(results, Path(cfg.csv).expanduser(), model.hparams.num_classes)
         print(f"predictions: {cfg.csv}")
+    report_failures(results)
+    return results
+
+
+def predict_sequences(cfg: DictConfig, model: torch.nn.Module, paths: Sequence[Path]) -> list[FileDigits]:
+    from sdr_lightning.sequence.recognizer import build_recognizer
+
+    settings = OmegaConf.to_container(cfg.sequence, resolve=True) if cfg.get("sequence") else {}
+    results = recognize_files(build_recognizer(model, **settings), paths)
+    print(format_digit_strings(results), flush=True)
+    if cfg.get("csv"):
+        write_digit_csv(results, Path(cfg.csv).expanduser(), model.hparams.num_classes)
+        print(f"digits: {cfg.csv}")
+    if cfg.get("json"):
+        out = Path(cfg.json).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(digit_strings_json(results), indent=2) + "\n")
+        print(f"digits: {cfg.json}")
+    report_failures(results)
+    return results
+
+
+def report_failures(results: Sequence[FilePrediction | FileDigits]) -> None:
     failed = sum(r.error is not None for r in results)
     if failed == len(results):
         raise DataError(f"none of the {len(results)} file(s) could be read as audio; see the errors above.")
     if failed:
         print(f"{failed} of {len(results)} file(s) failed; see their error lines.")
-    return results

@@ -127,6 +127,21 @@ def test_augment_bank_serves_each_clip_or_one_of_its_copies(synthetic_data: Path
     assert torch.equal(again.datasets["TRAIN"].padded, train_set.padded)
 
 
+def test_each_loso_fold_gets_a_bank_of_its_own_train_clips(synthetic_data: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folds decode the same clips but train on different ones: a bank cached for one fold must not serve another."""
+    def fold_bank(fold: int, cache: Path) -> torch.Tensor:
+        monkeypatch.setattr(cache_module, "_MEMORY", {})
+        dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(cache), download=False, augment_bank=1,
+                                   fold=fold)
+        dm.setup("fit", model=Augments())
+        return dm.datasets["TRAIN"].padded
+
+    fold_bank(0, tmp_path / "shared")
+    after_fold_0 = fold_bank(1, tmp_path / "shared")
+    assert torch.equal(after_fold_0, fold_bank(1, tmp_path / "fresh"))
+
+
 def test_a_model_trains_from_the_bank(make_cfg, tmp_path: Path) -> None:
     from sdr_lightning.tasks.train import train
 

@@ -236,7 +236,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             raw = featurizer is None or (name == "TRAIN" and served[1])
             kind = "waveform" if raw else "features"
             labels = [c.label if c.speaker in labeled else UNLABELED for c in split] if name == "TRAIN" else None
-            copies = self._augment_bank(model, split, waveform_key, served) if name == "TRAIN" and bank else ()
+            copies = self._augment_bank(model, split, served) if name == "TRAIN" and bank else ()
             self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels,
                                               copies)
         if hp.robust_dev:
@@ -245,13 +245,15 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         log.info("Splits: %s; TRAIN labels from %s (%d clips)", {name: len(ds) for name, ds in self.datasets.items()},
                  sorted(labeled), sum(label != UNLABELED for label in self.datasets["TRAIN"].labels))
 
-    def _augment_bank(self, model: nn.Module, clips: Sequence[Clip], waveform_key: str,
-                      served: tuple) -> list[list[Tensor]]:
+    def _augment_bank(self, model: nn.Module, clips: Sequence[Clip], served: tuple) -> list[list[Tensor]]:
         """`data.augment_bank` copies of every TRAIN clip through the model's waveform augmentations, then its
         featurizer: made once (seeded: the same bank for the same config) and cached like the features, so training
         pays for the augmentations once rather than every epoch."""
         copies = self.hparams.augment_bank
-        key = "|".join([waveform_key, str(served[0]), str(served[2]), f"seed={self.hparams.condition_seed}"])
+        # Keyed by the TRAIN clips themselves, in order: LOSO folds decode the same clips but train on different ones.
+        train_key = clips_key(((c.identifier, c.path) for c in clips), self.hparams.sample_rate,
+                              verify=self.hparams.verify_cache)
+        key = "|".join([train_key, str(served[0]), str(served[2]), f"seed={self.hparams.condition_seed}"])
         waveforms = [self._waveforms[c.identifier] for c in clips]
 
         def make() -> list[Tensor]:

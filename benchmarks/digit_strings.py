@@ -27,6 +27,7 @@ from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.metadata import read_metadata
 from sdr_lightning.errors import DataError
 from sdr_lightning.sequence.recognizer import DigitStringRecognizer, SplitSettings
+from sdr_lightning.sequence.rejector import Rejector
 from sdr_lightning.sequence.strings import ROOM_TONE_DB, build_string, edit_operations, scaled
 from sdr_lightning.tasks.checkpoint import load_for_inference
 
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gates", type=float, nargs="*", default=[0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
                         help="gates of the trade-off table (digits are found once, with no gate, then filtered)")
     parser.add_argument("--digit-free-s", type=float, default=DIGIT_FREE_S, help="seconds of each digit-free audio")
+    parser.add_argument("--rejector", type=Path, default=None,
+                        help="a trained 'not a digit' detector (python -m sdr_lightning.sequence.rejector); default: "
+                             "the confidence gate alone")
     parser.add_argument("--stream-strings", type=int, default=20, help="strings streamed for the latency figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -182,13 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     data = find_data(args.data)
     model = load_for_inference(args.checkpoint, data_dir=str(data)).model
     clips, labels, pool = clips_of(data, args.split)
-    print(f"{machine()}; {args.checkpoint}; strings of {args.split} clips; gate {args.min_confidence}\n", flush=True)
+    print(f"{machine()}; {args.checkpoint}; strings of {args.split} clips; gate {args.min_confidence}; rejector "
+          f"{args.rejector or 'none'}\n", flush=True)
     strings = {c: make_strings(clips, labels, pool, c, args.strings, args.seed) for c in args.conditions}
     free = digit_free_audio(clips, pool, args.seed, args.digit_free_s)
     results: dict[str, dict] = {}
     gates = sorted({*args.gates, args.min_confidence})
     for segmenter in args.segmenters:
-        recognizer = DigitStringRecognizer(model, segmenter, split=SplitSettings(min_confidence=0.0))
+        recognizer = DigitStringRecognizer(model, segmenter, split=SplitSettings(min_confidence=0.0),
+                                           rejector=Rejector.load(args.rejector) if args.rejector else None)
         figures: dict[str, dict] = {"real_time_factor": {}}
         for condition, batch in strings.items():
             found, figures["real_time_factor"][condition] = recognize_all(recognizer, batch)
@@ -230,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.conditions[0]}): a digit comes out {f['median_s']:.3f} s (median; 90th percentile "
               f"{f['p90_s']:.3f} s) after its segment ends; {f['cpu_per_audio_s']:.3f} s of CPU per second of audio")
     write_json(args.out, {"machine": machine(), "checkpoint": str(args.checkpoint), "split": args.split,
+                          "rejector": str(args.rejector) if args.rejector else None,
                           "strings": args.strings, "min_confidence": args.min_confidence, "results": results})
 
 

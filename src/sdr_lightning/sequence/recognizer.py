@@ -15,12 +15,14 @@ the two give the same digits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from sdr_lightning.data.datamodule import collate_waveforms
 from sdr_lightning.errors import ConfigError
+from sdr_lightning.sequence.rejector import Rejector, embed, resolve
 from sdr_lightning.sequence.vad import Segment, Vad, VadSettings, make_scorer
 
 FRAME_S = 0.01  # the frames the segment search looks for valleys in
@@ -85,8 +87,10 @@ class DigitStringRecognizer:
     recognizer."""
 
     def __init__(self, model: torch.nn.Module, segmenter: str = "silero", thresholds: dict[str, float] | None = None,
-                 vad: VadSettings | None = None, split: SplitSettings | None = None) -> None:
+                 vad: VadSettings | None = None, split: SplitSettings | None = None,
+                 rejector: Rejector | None = None) -> None:
         self.model = model.eval()
+        self.rejector = rejector  # a trained "not a digit" detector (sequence/rejector.py), or confidence alone
         self.sample_rate = int(model.featurizer.sample_rate)
         self.segmenter, self.thresholds = segmenter, dict(thresholds or {})
         make_scorer(segmenter, self.sample_rate, **self.thresholds)  # a bad name or threshold fails here, not later
@@ -137,13 +141,16 @@ class DigitStringRecognizer:
         while j > 0:
             path.append((back[j], j))
             j = back[j]
+        path = [(i, j) for i, j in reversed(path) if score[i, j][1].max() >= s.min_confidence]
+        if self.rejector is not None and path:
+            pieces = [audio[bounds[i]:bounds[j]] for i, j in path]
+            other = self.rejector.not_digit_probability(embed(self.model, pieces))
+            path = [piece for piece, p in zip(path, other) if p <= self.rejector.threshold]
         digits = []
-        for i, j in reversed(path):
+        for i, j in path:
             row = score[i, j][1]
-            if row.max() >= s.min_confidence:
-                digits.append(RecognizedDigit(int(row.argmax()), (offset + bounds[i]) / rate,
-                                              (offset + bounds[j]) / rate, float(row.max()),
-                                              tuple(float(p) for p in row)))
+            digits.append(RecognizedDigit(int(row.argmax()), (offset + bounds[i]) / rate, (offset + bounds[j]) / rate,
+                                          float(row.max()), tuple(float(p) for p in row)))
         return digits
 
 
@@ -189,8 +196,10 @@ class DigitStream:
 
 def build_recognizer(model: torch.nn.Module, segmenter: str = "silero", min_confidence: float | None = None,
                      thresholds: dict[str, float] | None = None, vad: dict | None = None,
-                     split: dict | None = None) -> DigitStringRecognizer:
-    """A recognizer from plain values (a config's `sequence:` block): unknown keys are a ConfigError naming them."""
+                     split: dict | None = None, rejector: str | None = None,
+                     checkpoint: str | Path | None = None) -> DigitStringRecognizer:
+    """A recognizer from plain values (a config's `sequence:` block): unknown keys are a ConfigError naming them.
+    `rejector`: null, `auto` (`<checkpoint>.rejector.json` when there is one) or a rejector file's path."""
     def settings(kind: type, values: dict | None, key: str, **extra: object) -> object:
         values = {**dict(values or {}), **{k: v for k, v in extra.items() if v is not None}}
         known = set(kind.__dataclass_fields__)
@@ -201,4 +210,5 @@ def build_recognizer(model: torch.nn.Module, segmenter: str = "silero", min_conf
 
     return DigitStringRecognizer(model, segmenter, thresholds,
                                  settings(VadSettings, vad, "vad"),
-                                 settings(SplitSettings, split, "split", min_confidence=min_confidence))
+                                 settings(SplitSettings, split, "split", min_confidence=min_confidence),
+                                 resolve(rejector, checkpoint))

@@ -108,10 +108,11 @@ def model_card(model: torch.nn.Module, checkpoint: Path, run_dir: Path) -> Model
 
 # ---- the recognizer ------------------------------------------------------------------------------------------------
 
-def make_recognizer(model: torch.nn.Module, settings: Mapping[str, Any] | None = None) -> DigitStringRecognizer:
+def make_recognizer(model: torch.nn.Module, settings: Mapping[str, Any] | None = None,
+                    checkpoint: str | Path | None = None) -> DigitStringRecognizer:
     """The digit-string recognizer for `model` from conf/sequence's plain values (`cfg.sequence`), as predict.py
-    mode=sequence and sdr-listen build it."""
-    return build_recognizer(model, **dict(settings or {}))
+    mode=sequence and sdr-listen build it (`checkpoint`: where `sequence.rejector=auto` looks)."""
+    return build_recognizer(model, **dict(settings or {}), checkpoint=checkpoint)
 
 
 def speech_segments(recognizer: Any, waveform: np.ndarray) -> list[Segment]:
@@ -377,7 +378,7 @@ def load(cfg: DictConfig) -> tuple[torch.nn.Module, Any, ModelCard]:
                              refit_probe=cfg.get("refit_probe", True))
     settings = OmegaConf.to_container(cfg.sequence, resolve=True) if cfg.get("sequence") else {}
     try:
-        recognizer = make_recognizer(run.model, settings)
+        recognizer = make_recognizer(run.model, settings, run.checkpoint)
     except TypeError as err:  # a setting of the wrong kind
         raise ConfigError(f"sequence: {err}") from err
     run_dir = Path(cfg.run_dir).expanduser() if cfg.get("run_dir") else run.checkpoint.parent.parent

@@ -68,7 +68,8 @@ def listen(cfg: DictConfig) -> list[RecognizedDigit]:
     if cfg.chunk_s <= 0:
         raise ConfigError(f"chunk_s={cfg.chunk_s}: give the block length in seconds, e.g. chunk_s=0.02.")
     model = load_model(cfg)
-    recognizer = build_recognizer(model, **OmegaConf.to_container(cfg.sequence, resolve=True))
+    settings = OmegaConf.to_container(cfg.sequence, resolve=True)
+    recognizer = build_recognizer(model, **settings, checkpoint=cfg.ckpt_path)
     rate = recognizer.sample_rate
     blocks = (file_blocks(cfg.audio, cfg.chunk_s, rate) if cfg.audio
               else microphone_blocks(cfg.device, cfg.chunk_s, rate))

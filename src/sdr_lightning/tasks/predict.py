@@ -231,7 +231,7 @@ def predict_sequences(cfg: DictConfig, model: torch.nn.Module, paths: Sequence[P
     from sdr_lightning.sequence.recognizer import build_recognizer
 
     settings = OmegaConf.to_container(cfg.sequence, resolve=True) if cfg.get("sequence") else {}
-    results = recognize_files(build_recognizer(model, **settings), paths)
+    results = recognize_files(build_recognizer(model, **settings, checkpoint=cfg.ckpt_path), paths)
     print(format_digit_strings(results), flush=True)
     if cfg.get("csv"):
         write_digit_csv(results, Path(cfg.csv).expanduser(), model.hparams.num_classes)

@@ -103,8 +103,14 @@ class DigitStringRecognizer:
 
     def recognize(self, waveform: np.ndarray | torch.Tensor) -> list[RecognizedDigit]:
         """The digits of a whole recording (a 1-D waveform at the model's sample rate), in order."""
+        return self.recognize_with_segments(waveform)[0]
+
+    def recognize_with_segments(self, waveform: np.ndarray | torch.Tensor) -> tuple[list[RecognizedDigit],
+                                                                                      list[Segment]]:
+        """The digits of a whole recording and the speech segments the VAD found in it."""
         stream = self.stream()
-        return stream.feed(waveform) + stream.finish()
+        digits = stream.feed(waveform) + stream.finish()
+        return digits, stream.segments
 
     def stream(self) -> DigitStream:
         return DigitStream(self)
@@ -164,6 +170,7 @@ class DigitStream:
         self.buffer = np.zeros(0, dtype=np.float32)
         self.buffer_start = 0  # the stream sample the buffer starts at
         self.samples = 0  # samples fed so far
+        self.segments: list[Segment] = []  # every speech segment found so far, ends clipped to what was fed
         # audio kept before the current point: a segment may start a pre-roll before the frame that opens it
         self.keep = (self.vad.frames(self.vad.settings.preroll_s) + 2) * self.vad.frame
 
@@ -189,6 +196,7 @@ class DigitStream:
         digits = []
         for segment in segments:
             start, end = max(segment.start, self.buffer_start), min(segment.end, self.samples)
+            self.segments.append(Segment(start, end))
             audio = self.buffer[start - self.buffer_start:end - self.buffer_start]
             digits.extend(self.recognizer.digits_in_segment(audio, start))
         return digits

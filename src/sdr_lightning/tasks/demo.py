@@ -35,7 +35,7 @@ from sdr_lightning.errors import ConfigError, SdrError
 from sdr_lightning.sequence.recognizer import DigitStringRecognizer, RecognizedDigit, build_recognizer
 from sdr_lightning.sequence.vad import Segment
 from sdr_lightning.tasks.checkpoint import load_for_inference
-from sdr_lightning.tasks.predict import FilePrediction, predict_files, recognize_files
+from sdr_lightning.tasks.predict import FilePrediction, predict_files
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,6 @@ def make_recognizer(model: torch.nn.Module, settings: Mapping[str, Any] | None =
     return build_recognizer(model, **dict(settings or {}), checkpoint=checkpoint)
 
 
-def speech_segments(recognizer: Any, waveform: np.ndarray) -> list[Segment]:
-    """The speech segments the recognizer's own VAD finds in `waveform` (none where it offers no VAD)."""
-    new_vad = getattr(recognizer, "new_vad", None)
-    if new_vad is None:
-        return []
-    vad = new_vad()
-    return [Segment(s.start, min(s.end, len(waveform))) for s in vad.push(waveform) + vad.finish()]
-
-
 def recognizer_summary(recognizer: Any) -> str:
     gate = getattr(getattr(recognizer, "split", None), "min_confidence", None)
     segmenter = getattr(recognizer, "segmenter", None)
@@ -161,13 +152,9 @@ def analyze(model: torch.nn.Module, recognizer: Any, path: str | Path) -> Analys
     if whole.error is not None:
         whole.error = whole.error.replace(str(path), path.name)
         return result
-    heard = recognize_files(recognizer, [path])[0]  # predict.py mode=sequence's digits for the file
-    if heard.error is not None:
-        whole.error = heard.error.replace(str(path), path.name)
-        return result
-    result.digits = list(heard.digits)
-    result.waveform = waveform = load_audio(path, sample_rate).numpy()
-    result.segments = speech_segments(recognizer, waveform)
+    # predict.py mode=sequence's digits for the file, and the speech segments they came from (one VAD pass)
+    result.waveform = load_audio(path, sample_rate).numpy()
+    result.digits, result.segments = recognizer.recognize_with_segments(result.waveform)
     return result
 
 

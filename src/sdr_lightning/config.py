@@ -77,6 +77,7 @@ def _number(value: Any) -> bool:
 # key, test, the valid range in words. Keys a config does not have (another optimizer, say) are skipped.
 TRAIN_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", lambda v: v is None or _integer(v), "an integer, or null to leave the random generators unseeded"),
+    ("test", lambda v: isinstance(v, bool), "true (score TEST at the end) or false (a design run: DEV only)"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1,
      "an integer >= 1 (the one-cycle schedule spans a fixed number of epochs, so -1, Lightning's 'forever', cannot "
      "be scheduled)"),

@@ -65,3 +65,12 @@ def test_synthetic_voices_join_train_and_the_eval_set_is_refused(espeak_ng: str,
     eval_set = voices.build(tmp_path / "eval", "eval", accents=["en-us"], variants=["m1"], takes=[175])
     with pytest.raises(ConfigError, match="eval set"):
         SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(eval_set)).setup("fit")
+
+
+def test_a_missing_voice_folder_says_how_to_write_it(synthetic_data: Path, tmp_path: Path) -> None:
+    from sdr_lightning.data.datamodule import SpokenDigitDataModule
+    from sdr_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.synthetic_voices=.*python -m sdr_lightning.data.voices --out"):
+        SpokenDigitDataModule(dir=str(synthetic_data), download=False,
+                              synthetic_voices=str(tmp_path / ".voices" / "train")).setup("fit")

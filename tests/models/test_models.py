@@ -81,3 +81,30 @@ def test_cnn_members_training_step_averages_member_losses(make_cfg) -> None:
     outputs = model.head(model.embed(batch))
     expected = torch.stack([torch.nn.functional.cross_entropy(outputs[:, m], batch["label"]) for m in range(2)]).mean()
     torch.testing.assert_close(model.supervised_loss(outputs, batch["label"]), expected)
+
+
+def test_init_from_starts_a_run_from_another_runs_encoder_and_head(make_cfg, tmp_path) -> None:
+    from sdr_lightning.errors import ConfigError
+
+    def build(*overrides: str) -> pl.LightningModule:
+        return instantiate(make_cfg("experiment=cnn_ensemble", *overrides).model, _recursive_=False, _convert_="all")
+
+    trained = build()
+    checkpoint = tmp_path / "robust.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, checkpoint)
+    tuned = build(f"model.init_from={checkpoint}")
+    assert not torch.equal(tuned.head.weight, trained.head.weight)  # a fresh model differs ...
+    tuned.setup("fit")  # ... until fit starts from the checkpoint
+    torch.testing.assert_close(tuned.encoder.state_dict(), trained.encoder.state_dict())
+    torch.testing.assert_close(tuned.head.state_dict(), trained.head.state_dict())
+    fresh = build(f"model.init_from={checkpoint}")
+    fresh.setup("validate")  # evaluating a tuned run's checkpoint never reloads the one it started from
+    assert not torch.equal(fresh.head.weight, trained.head.weight)
+
+    with pytest.raises(ConfigError, match=r"model.init_from=.*its encoder does not match"):
+        build(f"model.init_from={checkpoint}", "model.encoder.channels=32").setup("fit")
+    with pytest.raises(ConfigError, match=r"model.init_from=/nowhere.ckpt: no such checkpoint"):
+        build("model.init_from=/nowhere.ckpt").setup("fit")
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"model.init_from=.*bad.ckpt: not a readable checkpoint"):
+        build(f"model.init_from={tmp_path / 'bad.ckpt'}").setup("fit")

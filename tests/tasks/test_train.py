@@ -47,6 +47,20 @@ def test_short_run_writes_outputs_and_loads_safely(make_cfg, tmp_path: Path) -> 
     assert model(wave, torch.tensor([4000])).argmax().item() in range(10)
 
 
+def test_a_design_run_never_reads_test(make_cfg, tmp_path: Path, capsys, monkeypatch) -> None:
+    import pytorch_lightning as pl
+
+    tested = []
+    original = pl.Trainer.test
+    monkeypatch.setattr(pl.Trainer, "test", lambda self, *a, **k: tested.append(1) or original(self, *a, **k))
+    train(make_cfg("model=linear", "debug=limit", "test=false", "report.splits=[DEV,TEST]", "logger=csv",
+                   "report.projector=false", "report.misclassified_audio=0"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert not tested and "val/acc" in metrics and not any(k.startswith("test/") for k in metrics)
+    assert (tmp_path / "reports" / "dev").is_dir() and not (tmp_path / "reports" / "test").exists()
+    assert "TEST not read (test=false)" in capsys.readouterr().out
+
+
 def test_same_seed_same_metrics(make_cfg, tmp_path: Path) -> None:
     first = train(make_cfg("model=linear", "debug=limit", "seed=3", "callbacks=none", "logger=csv"))
     second = train(make_cfg("model=linear", "debug=limit", "seed=3", "callbacks=none", "logger=csv"))

@@ -377,6 +377,10 @@ def featurize_all(featurizer: nn.Module, waveforms: Sequence[Tensor], batch_size
 def synthetic_training_clips(folder: Path) -> list[Clip]:
     """The clips of a synthetic voice set (python -m sdr_lightning.data.voices: <out>/train) to add to TRAIN; its
     eval set, whose voices score models, is refused."""
+    if not (folder / METADATA_FILENAME).is_file():
+        raise ConfigError(f"data.synthetic_voices={folder}: no {METADATA_FILENAME} there. Write the voices first with "
+                          f"`python -m sdr_lightning.data.voices --out {folder.parent}` (needs espeak-ng), or set "
+                          "data.synthetic_voices to the train folder it wrote.")
     clips = read_metadata(folder)
     if any(c.split != "TRAIN" for c in clips):
         raise ConfigError(f"data.synthetic_voices={folder}: its metadata lists clips outside TRAIN, as the voices' "

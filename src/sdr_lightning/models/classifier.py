@@ -11,8 +11,10 @@ keeps checkpoints loadable with `torch.load(weights_only=True)`, and the class r
 from __future__ import annotations
 
 import inspect
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,6 +29,8 @@ from sdr_lightning.data.metadata import METRIC_PREFIXES, UNLABELED
 from sdr_lightning.errors import ConfigError
 
 NUM_CLASSES = 10
+
+log = logging.getLogger(__name__)
 
 
 def combine_members(logits: Tensor) -> Tensor:
@@ -75,6 +79,8 @@ class DigitClassifier(pl.LightningModule):
     `encoder`: built with `n_mels=featurizer.n_mels`; (B, n_mels, T) features + (B,) frame counts -> (B, output_dim).
     `augment`: {"waveform": {name: config}, "spectrogram": {...}}, training-only (conf/augment/).
     `optimizer`, `scheduler`: `_partial_` configs, given the parameters (and OneCycleLR the run's length) here.
+    `init_from`: a checkpoint of a run with the same encoder, whose encoder and head start this one (a fine-tune,
+    e.g. on clean clips after augmented training); a resumed run keeps its own weights.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class DigitClassifier(pl.LightningModule):
         scheduler_interval: str = "step",
         label_smoothing: float = 0.0,
         num_classes: int = NUM_CLASSES,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -120,6 +127,31 @@ class DigitClassifier(pl.LightningModule):
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
         features, frames = self.featurizer(waveform, lengths)
         return self.classify(self.encoder(features, frames))
+
+    # ---- starting from another run's weights ----
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
+        if stage == "fit" and self.hparams.get("init_from"):
+            self.load_parts(self.hparams.init_from, ("encoder", "head"), key="model.init_from")
+
+    def load_parts(self, path: str, parts: Sequence[str], key: str) -> None:
+        """Copy the named submodules' weights from a checkpoint (`key` names the setting in errors)."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"{key}={path}: no such checkpoint; give the .ckpt of an earlier run, or null.")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True).get("state_dict", {})
+        except Exception as err:  # a truncated or foreign file: say which, in one line
+            raise ConfigError(f"{key}={path}: not a readable checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}).") from err
+        for name in parts:
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
+            try:
+                getattr(self, name).load_state_dict(part)
+            except RuntimeError as err:
+                raise ConfigError(f"{key}={path}: its {name} does not match this model's (model.encoder must be "
+                                  f"that run's): {str(err).splitlines()[0]}") from err
+        log.info("%s initialised from %s", " and ".join(parts), file)
 
     @property
     def needs_probe_refit(self) -> bool:

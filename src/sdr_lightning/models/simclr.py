@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,6 +147,7 @@ class SimCLR(DigitClassifier):
 
     # ---- pretrained weights (fine-tuning) ----
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # model.init_from
         # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
         if stage == "fit" and self.hparams.pretrained:
             self.load_pretrained(self.hparams.pretrained)
@@ -160,19 +160,7 @@ class SimCLR(DigitClassifier):
 
     def load_pretrained(self, path: str) -> None:
         """Copy the encoder and projector of a SimCLR checkpoint (the featurizer and head stay as built)."""
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise ConfigError(f"model.pretrained={path}: no such checkpoint; give a .ckpt of a SimCLR run, or null.")
-        state = torch.load(file, map_location="cpu", weights_only=True).get("state_dict", {})
-        for name in ("encoder", "projector"):
-            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
-            try:
-                getattr(self, name).load_state_dict(part)
-            except RuntimeError as err:
-                raise ConfigError(f"model.pretrained={path}: its {name} does not match this model's "
-                                  f"(model.encoder and model.projection_dim must be the pretrained run's): "
-                                  f"{str(err).splitlines()[0]}") from err
-        log.info("Encoder and projector initialised from %s", file)
+        self.load_parts(path, ("encoder", "projector"), key="model.pretrained")
 
     # ---- the linear probe ----
     @property

@@ -102,8 +102,8 @@ def check_resume(ckpt_path: str | None, checkpoint_dir: Path) -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit, evaluate the best-on-DEV checkpoint on DEV and TEST, write metrics.json and the reports, and return
-    `optimized_metric` (DEV accuracy by default) for sweepers."""
+    """Fit, evaluate the best-on-DEV checkpoint on DEV and TEST (DEV only with `test=false`), write metrics.json and
+    the reports, and return `optimized_metric` (DEV accuracy by default) for sweepers."""
     validate_train_config(cfg)
     checkpoint_dir = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath",
                                            default=f"{cfg.paths.output_dir}/checkpoints"))
@@ -125,7 +125,8 @@ def train(cfg: DictConfig) -> float | None:
     # one dict per validation set (DEV, and DEV under corruptions with data.robust_dev)
     dev = {k: v for figures in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
            for k, v in figures.items()}
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    # test=false: a design run, whose choices must come from DEV; TEST is read once per recipe, to report
+    test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0] if reads_test(cfg) else {}
     trainer.loggers = loggers
     metrics = {
         **{k: v for k, v in dev.items() if k != "val/acc_best"},
@@ -150,6 +151,11 @@ def train(cfg: DictConfig) -> float | None:
     return float(metrics[key])
 
 
+def reads_test(cfg: DictConfig) -> bool:
+    """Whether the run scores TEST at the end (`test`, true unless set false)."""
+    return bool(cfg.get("test", True))
+
+
 def write_outputs(cfg: DictConfig, metrics: dict[str, Any], model: pl.LightningModule,
                   datamodule: pl.LightningDataModule, trainer: pl.Trainer) -> None:
     """metrics.json, the HPARAMS entry, the reports and the summary of a finished run. A failed write (a full disk)
@@ -158,7 +164,8 @@ def write_outputs(cfg: DictConfig, metrics: dict[str, Any], model: pl.LightningM
     metrics_file = output_dir / "metrics.json"
     best = metrics["best_checkpoint"] or "(none: this run saved no checkpoint)"
     nan = float("nan")
-    figures = f"DEV acc {metrics.get('val/acc', nan):.4f}, TEST acc {metrics.get('test/acc', nan):.4f}"
+    figures = f"DEV acc {metrics.get('val/acc', nan):.4f}" + (
+        f", TEST acc {metrics['test/acc']:.4f}" if "test/acc" in metrics else "")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode(), sync=False)
@@ -188,7 +195,10 @@ def write_reports(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.Lig
     if not options or not options.splits:
         return {}
     writer = next((logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
-    splits = {REPORT_FOLDERS[split.upper()]: split.upper() for split in options.splits}
+    splits = {REPORT_FOLDERS[split.upper()]: split.upper() for split in options.splits
+              if reads_test(cfg) or split.upper() != "TEST"}
+    if not splits:
+        return {}
     reports_dir = Path(cfg.paths.output_dir) / "reports"
     evaluate_model(model, datamodule, splits, reports_dir, writer=writer, step=trainer.global_step,
                    embeddings=list(options.embeddings), projector=options.projector,
@@ -216,10 +226,10 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any])
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], output_dir: Path) -> None:
     name = model_name(cfg)
+    test = (f"TEST acc {metrics['test/acc']:.4f} | TEST macro-F1 {metrics.get('test/f1_macro', float('nan')):.4f}"
+            if "test/acc" in metrics else "TEST not read (test=false)")
     lines = [
-        f"{name}: DEV acc {metrics.get('val/acc', float('nan')):.4f} | "
-        f"TEST acc {metrics.get('test/acc', float('nan')):.4f} | "
-        f"TEST macro-F1 {metrics.get('test/f1_macro', float('nan')):.4f}",
+        f"{name}: DEV acc {metrics.get('val/acc', float('nan')):.4f} | {test}",
         f"trained {metrics['epochs']} epochs in {metrics['train_time_s']:.0f} s; {metrics['parameters']:,} parameters",
         f"run directory: {output_dir}",
     ]

@@ -4,7 +4,8 @@
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
         [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--split TEST] [--threads 2] [--out f.json]
 
-A name=path pair names a column (a bare path is named by its run folder). --loso takes a sweep of the six
+A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
+one recipe) makes one column of their mean ± std. --loso takes a sweep of the six
 `data.fold` jobs (python train.py -m experiment=... data.fold=0,1,2,3,4,5) and reports their TEST mean and worst
 fold. The voices come from `python -m sdr_lightning.data.voices` (their eval set: voices no recipe trains on).
 """
@@ -31,13 +32,21 @@ TARGETS = {"clean": ">= 0.97", "white_20db": ">= 0.95", "white_10db": ">= 0.90",
            "woman_voice": ">= 0.90", "espeak voices": ">= 0.90", "LOSO mean": ">= 0.93", "LOSO worst fold": ">= 0.85"}
 
 
-def named(items: list[str]) -> dict[str, Path]:
-    out = {}
+def named(items: list[str]) -> dict[str, list[Path]]:
+    """name=path arguments by name, in order; a bare path is named by its run folder."""
+    out: dict[str, list[Path]] = {}
     for item in items:
         name, _, path = item.rpartition("=")
         path = Path(path)
-        out[name or (path.parent.parent.name if path.suffix == ".ckpt" else path.name)] = path
+        out.setdefault(name or (path.parent.parent.name if path.suffix == ".ckpt" else path.name), []).append(path)
     return out
+
+
+def cell(values: list[float]) -> str:
+    """One figure, or the mean ± std (n) of several runs' figures."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} (n={len(values)})"
 
 
 def score(checkpoint: Path, split: str, voices: Path | None, suite: str, data: Path) -> dict[str, float]:
@@ -83,16 +92,21 @@ def main(argv: list[str] | None = None) -> None:
     voices = args.voices or (Path(".voices/eval") if Path(".voices/eval/SDR_metadata.tsv").is_file() else None)
     print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}\n",
           flush=True)
-    columns: dict[str, dict[str, float]] = {}
-    for name, checkpoint in named(args.checkpoints).items():
-        columns[name] = score(checkpoint, args.split.upper(), voices, args.suite, find_data(args.data))
-    for name, sweep in named(args.loso).items():
-        columns.setdefault(name, {}).update(loso(sweep))
+    columns: dict[str, dict[str, list[float]]] = {}  # name -> row -> one value per run
+    for name, checkpoints in named(args.checkpoints).items():
+        for checkpoint in checkpoints:
+            figures = score(checkpoint, args.split.upper(), voices, args.suite, find_data(args.data))
+            for row, value in figures.items():
+                columns.setdefault(name, {}).setdefault(row, []).append(value)
+    for name, sweeps in named(args.loso).items():
+        for sweep in sweeps:
+            for row, value in loso(sweep).items():
+                columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:
         sys.exit("error: give checkpoints (name=path.ckpt) or --loso sweeps; see --help")
     rows = [key for column in columns.values() for key in column]
     rows = list(dict.fromkeys(rows))
-    table = [[row, TARGETS.get(row, ""), *(f"{columns[c][row]:.4f}" if row in columns[c] else "-" for c in columns)]
+    table = [[row, TARGETS.get(row, ""), *(cell(columns[c][row]) if row in columns[c] else "-" for c in columns)]
              for row in rows if row != "LOSO folds"]
     print("\n" + markdown_table(["condition", "target", *columns], table))
     write_json(args.out, {"machine": machine(), "split": args.split, "columns": columns})

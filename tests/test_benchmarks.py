@@ -106,13 +106,17 @@ def test_robustness_table(cnn_run: dict, synthetic_data: Path, tmp_path: Path, m
         (sweep / f"{fold}_data.fold-{fold}" / ".hydra" / "overrides.yaml").write_text(f"- data.fold={fold}\n")
         (sweep / f"{fold}_data.fold-{fold}" / "metrics.json").write_text(json.dumps({"test/acc": accuracy}))
     out = tmp_path / "robust.json"
-    load("robustness", monkeypatch).main([f"tiny={cnn_run['best_checkpoint']}", "--suite", "small", "--data",
+    seeds = [f"seeds={cnn_run['best_checkpoint']}"] * 2  # a name given twice: one column, mean ± std
+    load("robustness", monkeypatch).main([f"tiny={cnn_run['best_checkpoint']}", *seeds, "--suite", "small", "--data",
                                           str(synthetic_data), "--voices", str(synthetic_data),
                                           "--loso", f"tiny={sweep}", "--out", str(out)])
-    column = json.loads(out.read_text())["columns"]["tiny"]
+    columns = json.loads(out.read_text())["columns"]
+    column = columns["tiny"]
     assert set(column) >= {"clean", "quiet", "telephone", "suite mean", "espeak voices", "LOSO mean"}
-    assert column["LOSO worst fold"] == 0.7 and column["LOSO mean"] == pytest.approx(0.8)
-    assert "| telephone | >= 0.92 |" in capsys.readouterr().out
+    assert column["LOSO worst fold"] == [0.7] and column["LOSO mean"] == [pytest.approx(0.8)]
+    assert columns["seeds"]["clean"] == column["clean"] * 2
+    printed = capsys.readouterr().out
+    assert "| telephone | >= 0.92 |" in printed and f"{column['clean'][0]:.4f} ± 0.0000 (n=2)" in printed
 
 
 def test_recipe_cost(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

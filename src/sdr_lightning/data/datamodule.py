@@ -48,6 +48,7 @@ class ClipDataset(Dataset):
         self.labels = list(labels) if labels is not None else [c.label for c in self.clips]
         self.key, self.length_key = BATCH_KEYS[kind]
         self.copies = len(copies)
+        self.clean_only = False  # true: serve each clip as itself, never a copy (tasks.callbacks.CleanFinish)
         if self.tensors:
             versions = [_pad_batch([(t, label, i) for i, (t, label) in enumerate(zip(version, self.labels))],
                                    self.key, self.length_key) for version in (self.tensors, *copies)]
@@ -67,7 +68,8 @@ class ClipDataset(Dataset):
         """A whole batch, padded to its longest clip (what `collate_batch` builds from a list of items). With
         augmented copies, each clip comes as itself or one of its copies, drawn anew every time (torch's generator)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        version = torch.randint(self.copies + 1, index.shape) if self.copies else torch.zeros_like(index)
+        drawn = self.copies and not self.clean_only
+        version = torch.randint(self.copies + 1, index.shape) if drawn else torch.zeros_like(index)
         lengths = self.lengths[version, index]
         batch = {
             self.key: self.padded[version, index][..., : int(lengths.max())],

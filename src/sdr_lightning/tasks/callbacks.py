@@ -1,6 +1,7 @@
 """Lightning callbacks and plugins for robust training: exact resume (RNG states in checkpoints), a clean stop on a
-non-finite training loss (both in conf/callbacks/default.yaml), and checkpoints written atomically
-(AtomicCheckpointIO, in conf/trainer/default.yaml's plugins)."""
+non-finite training loss (both in conf/callbacks/default.yaml), checkpoints written atomically
+(AtomicCheckpointIO, in conf/trainer/default.yaml's plugins), and a clean finish to augmented training (CleanFinish,
+experiment=robust_cnn_clean)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
-from sdr_lightning.errors import OutputError, SdrError
+from sdr_lightning.errors import ConfigError, OutputError, SdrError
 from sdr_lightning.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -134,3 +135,27 @@ def _last_checkpoint_note(trainer: pl.Trainer) -> str:
         return "No checkpoint was saved before it (the loss went non-finite in the first epoch)."
     newest = max(existing, key=lambda p: p.stat().st_mtime_ns)
     return f"The last checkpoint saved before it is {newest} (resume from it with ckpt_path={newest})."
+
+
+class CleanFinish(Callback):
+    """The last `epochs` epochs train on the clean clips: the augmentation bank's copies are no longer drawn
+    (data.augment_bank) and waveform augmentations made on the fly stop; spectrogram ones go on. A robust recipe
+    otherwise spends most of its steps on corrupted clips; finishing on clean ones, at the end of the learning-rate
+    schedule, is the one-run form of a clean fine-tune (experiment=robust_cnn_tune). Decided from the epoch number
+    alone, so a resumed run finishes the same way."""
+
+    def __init__(self, epochs: int) -> None:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ConfigError(f"callbacks.clean_finish.epochs={epochs!r}; use an integer >= 0 (0: never clean).")
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        clean = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs - self.epochs
+        dataset = getattr(getattr(trainer, "datamodule", None), "datasets", {}).get("TRAIN")
+        if dataset is not None and hasattr(dataset, "clean_only"):
+            dataset.clean_only = clean
+        augmentation = getattr(pl_module, "augmentation", None)
+        if augmentation is not None:
+            augmentation.waveform_enabled = not clean
+        if clean and trainer.current_epoch == trainer.max_epochs - self.epochs:
+            log.info("Epoch %d: the last %d epochs train on clean clips", trainer.current_epoch, self.epochs)

@@ -32,6 +32,8 @@ class AugmentationPipeline(nn.Module):
                               "names to _target_ configs. Select options with augment=[speed,noise,specaugment].")
         self.waveform = nn.ModuleDict(build_stage("waveform", config.get("waveform")))
         self.spectrogram = nn.ModuleDict(build_stage("spectrogram", config.get("spectrogram")))
+        # false: the waveform chain passes clips through (the clean epochs of tasks.callbacks.CleanFinish)
+        self.waveform_enabled = True
 
     @property
     def needs_waveforms(self) -> bool:
@@ -39,6 +41,8 @@ class AugmentationPipeline(nn.Module):
         return len(self.waveform) > 0
 
     def augment_waveform(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.waveform_enabled:
+            return waveform, lengths
         for augmentation in self.waveform.values():
             waveform, lengths = augmentation(waveform, lengths)
         return waveform, lengths

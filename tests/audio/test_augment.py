@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sdr_lightning.audio.augment import (
     AddNoise,
@@ -312,3 +313,16 @@ def test_fast_dev_run_and_checkpoint_with_augmentation(make_cfg, tmp_path: Path)
     assert model.needs_waveforms
     wave = torch.randn(1, 4000)
     assert model(wave, torch.tensor([4000])).argmax().item() in range(10)
+
+
+def test_a_disabled_waveform_chain_passes_clips_through(make_cfg) -> None:
+    from sdr_lightning.audio.augment import AugmentationPipeline
+
+    cfg = make_cfg("augment=noise", "model.augment.waveform.noise.p=1.0")
+    pipeline = AugmentationPipeline(OmegaConf.to_container(cfg.model.augment, resolve=True))
+    pipeline.train()
+    waveform, lengths = torch.randn(2, 800), torch.tensor([800, 600])
+    assert not torch.equal(pipeline.augment_waveform(waveform, lengths)[0], waveform)
+    pipeline.waveform_enabled = False  # what CleanFinish does for its clean epochs
+    out, out_lengths = pipeline.augment_waveform(waveform, lengths)
+    assert out is waveform and out_lengths is lengths

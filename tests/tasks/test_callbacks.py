@@ -110,3 +110,27 @@ def test_a_full_disk_keeps_every_checkpoint_whole(tiny_disk: Path, synthetic_dat
     assert saved and not list((run / "checkpoints").glob(".*.tmp"))
     for checkpoint in saved:
         read_checkpoint(checkpoint)  # every checkpoint on disk is whole
+
+
+def test_clean_finish_trains_the_last_epochs_on_clean_clips(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdr_lightning.data.datamodule import ClipDataset
+
+    drawn: list[tuple[bool, bool]] = []  # per TRAIN batch: (clean_only, any augmented copy served)
+    original = ClipDataset.__getitems__
+
+    def spy(self, indices):
+        batch = original(self, indices)
+        if self.copies:
+            drawn.append((self.clean_only, bool(batch["augmented"].any())))
+        return batch
+
+    monkeypatch.setattr(ClipDataset, "__getitems__", spy)
+    cfg = make_cfg("experiment=robust_cnn_clean", "debug=limit", "trainer.max_epochs=3",
+                   "callbacks.clean_finish.epochs=1", "data.augment_bank=2", "model.encoder.channels=8", "logger=csv",
+                   "report.splits=[]")
+    train(cfg)
+    assert drawn and [clean for clean, _ in drawn] == sorted(clean for clean, _ in drawn)  # robust, then clean
+    assert any(augmented for clean, augmented in drawn if not clean)
+    assert any(clean for clean, _ in drawn) and not any(augmented for clean, augmented in drawn if clean)
+    with pytest.raises(ConfigError, match="callbacks.clean_finish.epochs=-1"):
+        train(make_cfg("experiment=robust_cnn_clean", "debug=limit", "callbacks.clean_finish.epochs=-1"))

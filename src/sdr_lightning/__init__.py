@@ -1,3 +1,3 @@
 """sdr-lightning: speaker-independent spoken digit recognition with Lightning and Hydra."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -93,7 +93,13 @@ TRAIN_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
 
 
 def validate_train_config(cfg: DictConfig) -> None:
-    """ConfigError for the first value in TRAIN_CHECKS outside its range, before anything is built or read."""
+    """ConfigError for the first value in TRAIN_CHECKS outside its range, or the first key of `required` (keys a
+    preset needs from the command line, e.g. robust_cnn_tune's model.init_from) left null, before anything is built or
+    read."""
+    for key in cfg.get("required") or []:
+        if OmegaConf.select(cfg, str(key), default=None) is None:
+            raise ConfigError(f"{key} is not set, and this preset needs it (its `required` list); add {key}=<value> "
+                              "to the command.")
     for key, valid, expected in TRAIN_CHECKS:
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=True, default=_ABSENT)

@@ -61,6 +61,13 @@ def test_a_design_run_never_reads_test(make_cfg, tmp_path: Path, capsys, monkeyp
     assert "TEST not read (test=false)" in capsys.readouterr().out
 
 
+def test_a_preset_names_the_key_it_needs(make_cfg) -> None:
+    from sdr_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.init_from is not set, and this preset needs it"):
+        train(make_cfg("experiment=robust_cnn_tune", "debug=fast_dev_run"))
+
+
 def test_same_seed_same_metrics(make_cfg, tmp_path: Path) -> None:
     first = train(make_cfg("model=linear", "debug=limit", "seed=3", "callbacks=none", "logger=csv"))
     second = train(make_cfg("model=linear", "debug=limit", "seed=3", "callbacks=none", "logger=csv"))

@@ -1,7 +1,7 @@
 """Lightning callbacks and plugins for robust training: exact resume (RNG states in checkpoints), a clean stop on a
 non-finite training loss (both in conf/callbacks/default.yaml), checkpoints written atomically
-(AtomicCheckpointIO, in conf/trainer/default.yaml's plugins), and a clean finish to augmented training (CleanFinish,
-experiment=robust_cnn_clean)."""
+(AtomicCheckpointIO, in conf/trainer/default.yaml's plugins), a clean finish to augmented training (CleanFinish,
+experiment=robust_cnn_clean) and an exponential moving average of the weights (WeightEMA, callbacks/ema)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
@@ -159,3 +159,27 @@ class CleanFinish(Callback):
             augmentation.waveform_enabled = not clean
         if clean and trainer.current_epoch == trainer.max_epochs - self.epochs:
             log.info("Epoch %d: the last %d epochs train on clean clips", trainer.current_epoch, self.epochs)
+
+
+class WeightEMA(EMAWeightAveraging):
+    """Lightning's EMAWeightAveraging: validation, the monitored metric and every checkpoint's `state_dict` use an
+    exponential moving average of the weights (`decay` per optimizer step), and the raw weights travel in the
+    checkpoint for an exact resume. Made for one thing more: once fit ends, the average is the model. Lightning's
+    own callback, still attached to the Trainer, reloads the raw weights whenever a checkpoint is loaded and swaps
+    in its last average at every validation, so train.py's TEST after fit (trainer.test(ckpt_path=best)) scored the
+    best epoch's raw weights while DEV and eval.py scored its average."""
+
+    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
+        if not isinstance(decay, float | int) or isinstance(decay, bool) or not 0.0 <= decay < 1.0:
+            raise ConfigError(f"callbacks.ema.decay={decay!r}; use a number in [0, 1), e.g. 0.995 "
+                              "(the average spans about 1 / (1 - decay) optimizer steps).")
+        super().__init__(decay=float(decay), **kwargs)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._average_model = None  # later validate/test: the loaded checkpoint's state_dict, the average, as it is
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._average_model is not None:  # resuming a fit: the average and the raw weights both come back
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

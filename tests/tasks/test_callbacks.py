@@ -1,6 +1,7 @@
 """A checkpoint on disk is always complete: AtomicCheckpointIO writes beside the target and renames, so a failed save
 (a full disk) keeps the previous checkpoint and stops the run with one error naming the path and the free space; a
-truncated checkpoint is refused at resume with a pointer to the newest one that loads."""
+truncated checkpoint is refused at resume with a pointer to the newest one that loads. The clean finish and the
+moving average of the weights (callbacks=ema)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,23 @@ def test_clean_finish_trains_the_last_epochs_on_clean_clips(make_cfg, monkeypatc
     assert any(clean for clean, _ in drawn) and not any(augmented for clean, augmented in drawn if clean)
     with pytest.raises(ConfigError, match="callbacks.clean_finish.epochs=-1"):
         train(make_cfg("experiment=robust_cnn_clean", "debug=limit", "callbacks.clean_finish.epochs=-1"))
+
+
+def test_weight_ema_checkpoints_the_average_and_resumes_exactly(make_cfg, tmp_path: Path) -> None:
+    every_epoch = ("model=cnn", "model.encoder.channels=8", "debug=limit", "trainer.max_epochs=3", "callbacks=ema",
+                   "callbacks.ema.decay=0.5", "callbacks.model_checkpoint.save_top_k=-1", "trainer.deterministic=true",
+                   "logger=csv", "report.splits=[]")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(make_cfg(*every_epoch, f"paths.output_dir={full}"))
+    first = torch.load(full / "checkpoints" / "epoch_000.ckpt", weights_only=True)
+    average, raw = first["state_dict"], first["current_model_state"]
+    assert average.keys() == raw.keys() and int(first["averaging_state"]["n_averaged"]) > 1
+    assert any(not torch.equal(average[k], raw[k]) for k in average)  # the checkpoint's weights are the average
+    # resumed after its first epoch, a run ends where the uninterrupted one did: the average came back too
+    train(make_cfg(*every_epoch, f"paths.output_dir={resumed}", f"ckpt_path={full / 'checkpoints' / 'epoch_000.ckpt'}"))
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    want = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    for weights in ("state_dict", "current_model_state"):
+        assert all(torch.equal(got[weights][k], want[weights][k]) for k in want[weights]), weights
+    with pytest.raises(ConfigError, match=r"callbacks.ema.decay=1.5"):
+        train(make_cfg("debug=limit", "callbacks=ema", "callbacks.ema.decay=1.5"))

@@ -52,10 +52,12 @@ def test_training_writes_reports_and_tensorboard_figures(make_cfg, tmp_path: Pat
     assert all(f"{split}_{space}" in projector for split in ("dev", "test") for space in ("encoder", "mel"))
 
 
-@pytest.mark.parametrize("model", ["model=cnn", "model=simclr"])
+@pytest.mark.parametrize("model", ["model=cnn", "model=simclr", "callbacks=ema"])
 def test_eval_reproduces_training_figures(make_cfg, synthetic_data: Path, tmp_path: Path, model: str) -> None:
     run_dir = tmp_path / "run"
-    metrics = train_run(lambda *o: make_cfg(*o, f"paths.output_dir={run_dir}"), run_dir, model,
+    # callbacks=ema: a fast average (decay 0.5) that differs clearly from the raw weights after a few steps
+    extra = ["callbacks.ema.decay=0.5"] if model == "callbacks=ema" else []
+    metrics = train_run(lambda *o: make_cfg(*o, f"paths.output_dir={run_dir}"), run_dir, model, *extra,
                         "report.projector=false", "report.misclassified_audio=0")
     out = tmp_path / "eval"
     cfg = compose(out, [f"ckpt_path={metrics['best_checkpoint']}", f"data_dir={synthetic_data}",
@@ -66,6 +68,9 @@ def test_eval_reproduces_training_figures(make_cfg, synthetic_data: Path, tmp_pa
     assert (out / "test" / "embeddings" / "encoder_tsne.png").is_file()
     assert (out / "test" / "embeddings" / "mel_tsne.png").is_file()
     assert json.loads((out / "eval_metrics.json").read_text())["splits"]["test"]["clips"] == summary["test"]["clips"]
+    for split in ("dev", "test"):  # the training run's reports are of the very weights eval.py loads
+        trained = read_predictions(run_dir / "reports" / split / "predictions.csv").probabilities
+        assert trained == pytest.approx(read_predictions(out / split / "predictions.csv").probabilities, abs=1e-5)
 
 
 def test_eval_on_named_speakers(make_cfg, synthetic_data: Path, tmp_path: Path) -> None:

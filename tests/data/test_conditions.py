@@ -90,6 +90,27 @@ def test_babble_mixes_speakers_outside_the_split(synthetic_data: Path, tmp_path:
     assert pool and pool <= train_clips and not pool & test_clips  # TRAIN speakers only: not lucas or yweweler
 
 
+def test_the_babble_pool_is_part_of_the_cache_key(synthetic_data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    babble = conditions.CONDITIONS["babble_10db"]
+    calls = []
+    original = conditions.Condition.apply
+
+    def counted(self, *args, **kwargs):
+        calls.append(len(kwargs["babble_pool"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(conditions.Condition, "apply", counted)
+    for keep in (None, None, 5):  # the same TRAIN twice (one computation), then TEST beside fewer TRAIN clips
+        monkeypatch.setattr(cache_module, "_MEMORY", {})
+        dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), download=False)
+        dm.setup("test")
+        if keep is not None:
+            dm.splits["TRAIN"] = dm.splits["TRAIN"][:keep]
+        dm.condition_dataset("TEST", babble)
+    assert len(calls) == 2 and calls[1] < calls[0]
+
+
 def test_robust_dev_is_dev_under_each_condition(synthetic_data: Path, tmp_path: Path) -> None:
     dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), download=False,
                                robust_dev=["white_10db", "telephone"])

@@ -272,13 +272,16 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         outside the split (the TRAIN speakers' for DEV and TEST)."""
         clips = self.splits[split]
         rate, seed = self.hparams.sample_rate, self.hparams.condition_seed
-        key = "|".join([clips_key(((c.identifier, c.path) for c in clips), rate, verify=self.hparams.verify_cache),
-                        condition.cache_key, f"seed={seed}"])
         speakers = {c.speaker for c in clips}
-        pool = [self._waveforms[c.identifier] for name in ("TRAIN", "DEV", "TEST") for c in self.splits[name]
-                if c.speaker not in speakers]
+        pool = [c for name in ("TRAIN", "DEV", "TEST") for c in self.splits[name] if c.speaker not in speakers][:2000]
+        # the babble pool is part of the key: the same split beside other TRAIN clips (data=george_labels, a LOSO
+        # fold) mixes other talkers, which a cache keyed by the split alone would have served from the first run
+        key = "|".join([clips_key(((c.identifier, c.path) for c in clips), rate, verify=self.hparams.verify_cache),
+                        condition.cache_key, f"seed={seed}",
+                        "pool=" + clips_key(((c.identifier, c.path) for c in pool), rate)])
         waveforms = self.cache.get(key, lambda: condition.apply(
-            [self._waveforms[c.identifier] for c in clips], rate, seed, babble_pool=pool[:2000]))
+            [self._waveforms[c.identifier] for c in clips], rate, seed,
+            babble_pool=[self._waveforms[c.identifier] for c in pool]))
         if self._featurizer is None:
             return ClipDataset(clips, waveforms, "waveform")
         feature_key = getattr(self._featurizer, "cache_key", None) or repr(self._featurizer)

@@ -89,6 +89,7 @@ TRAIN_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0, e.g. 3e-3"),
     ("model.optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("model.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.mixup", lambda v: v is None or (_number(v) and v >= 0), "a number >= 0 (mixup's Beta alpha; 0: none)"),
 ]
 
 

@@ -108,3 +108,32 @@ def test_init_from_starts_a_run_from_another_runs_encoder_and_head(make_cfg, tmp
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"model.init_from=.*bad.ckpt: not a readable checkpoint"):
         build(f"model.init_from={tmp_path / 'bad.ckpt'}").setup("fit")
+
+
+def test_mix_batch_mixes_each_clip_with_its_partner_and_keeps_the_longer_length() -> None:
+    from sdr_lightning.models.classifier import mix_batch
+
+    torch.manual_seed(0)
+    features, frames = torch.randn(6, 4, 9), torch.tensor([9, 3, 5, 9, 2, 7])
+    mixed, mixed_frames, partner, weight = mix_batch(features, frames, alpha=0.4)
+    assert 0.5 <= weight <= 1.0 and sorted(partner.tolist()) == list(range(6))
+    torch.testing.assert_close(mixed, weight * features + (1 - weight) * features[partner])
+    assert torch.equal(mixed_frames, torch.maximum(frames, frames[partner]))
+
+
+def test_mixup_training_step_weighs_both_labels(make_cfg) -> None:
+    cfg = make_cfg("model=cnn", "model.encoder.channels=8", "model.label_smoothing=0", "model.mixup=0.4")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").train()
+    batch = variable_length_batch()
+    batch["label"] = torch.tensor([1, 2, 3, 4])
+    torch.manual_seed(3)
+    loss = model._mixup_step(batch, model.train_metrics, model.train_loss)
+    torch.manual_seed(3)
+    from sdr_lightning.models.classifier import mix_batch
+
+    features, frames, partner, weight = mix_batch(*model.augmented_features(batch), 0.4)
+    logits = model.head(model.encoder(features, frames))
+    ce = torch.nn.functional.cross_entropy
+    expected = weight * ce(logits, batch["label"]) + (1 - weight) * ce(logits, batch["label"][partner])
+    torch.testing.assert_close(loss, expected)
+    assert not torch.equal(partner, torch.arange(4)) or weight == 1.0

@@ -33,6 +33,20 @@ NUM_CLASSES = 10
 log = logging.getLogger(__name__)
 
 
+def mix_batch(features: Tensor, frames: Tensor, alpha: float,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Mixup (Zhang et al., ICLR 2018) on a batch of spectrograms: each clip plus a shuffled partner,
+    `weight * own + (1 - weight) * partner`, with one weight ~ Beta(alpha, alpha) per batch, kept >= 0.5 so the own
+    label stays the larger share. Padding is zero, so the mix's valid frames are the longer clip's.
+    Returns (mixed features, mixed frame counts, each clip's partner index, weight)."""
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    weight = float(beta.sample())
+    weight = max(weight, 1.0 - weight)
+    partner = torch.randperm(features.shape[0], generator=generator, device="cpu").to(features.device)
+    mixed = weight * features + (1.0 - weight) * features[partner]
+    return mixed, torch.maximum(frames, frames[partner]), partner, weight
+
+
 def combine_members(logits: Tensor) -> Tensor:
     """(B, members, classes) logits of an ensemble head -> (B, classes) log of the members' mean probability;
     (B, classes) logits pass through."""
@@ -81,6 +95,7 @@ class DigitClassifier(pl.LightningModule):
     `optimizer`, `scheduler`: `_partial_` configs, given the parameters (and OneCycleLR the run's length) here.
     `init_from`: a checkpoint of a run with the same encoder, whose encoder and head start this one (a fine-tune,
     e.g. on clean clips after augmented training); a resumed run keeps its own weights.
+    `mixup`: Beta(alpha, alpha) of mixup on the training spectrograms (`mix_batch`); 0: none.
     """
 
     def __init__(
@@ -94,6 +109,7 @@ class DigitClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         num_classes: int = NUM_CLASSES,
         init_from: str | None = None,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -221,8 +237,21 @@ class DigitClassifier(pl.LightningModule):
         self.update_metrics(metrics, loss_metric, logits, batch["label"], loss)
         return loss
 
+    def _mixup_step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:
+        """A training step on mixed clips (model.mixup): the loss weighs both labels; the metrics count the larger."""
+        features, frames, partner, weight = mix_batch(*self.augmented_features(batch), self.hparams.mixup)
+        outputs = self.head(self.encoder(features, frames))
+        labels = batch["label"]
+        loss = weight * self.supervised_loss(outputs, labels) + (1 - weight) * self.supervised_loss(outputs,
+                                                                                                      labels[partner])
+        self.update_metrics(metrics, loss_metric, combine_members(outputs), labels, loss)
+        return loss
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, self.train_metrics, self.train_loss)
+        if self.hparams.get("mixup"):
+            loss = self._mixup_step(batch, self.train_metrics, self.train_loss)
+        else:
+            loss = self._step(batch, self.train_metrics, self.train_loss)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss

@@ -33,8 +33,7 @@ NUM_CLASSES = 10
 log = logging.getLogger(__name__)
 
 
-def mix_batch(features: Tensor, frames: Tensor, alpha: float,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, float]:
+def mix_batch(features: Tensor, frames: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, float]:
     """Mixup (Zhang et al., ICLR 2018) on a batch of spectrograms: each clip plus a shuffled partner,
     `weight * own + (1 - weight) * partner`, with one weight ~ Beta(alpha, alpha) per batch, kept >= 0.5 so the own
     label stays the larger share. Padding is zero, so the mix's valid frames are the longer clip's.
@@ -42,7 +41,7 @@ def mix_batch(features: Tensor, frames: Tensor, alpha: float,
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
     weight = float(beta.sample())
     weight = max(weight, 1.0 - weight)
-    partner = torch.randperm(features.shape[0], generator=generator, device="cpu").to(features.device)
+    partner = torch.randperm(features.shape[0], device=features.device)
     mixed = weight * features + (1.0 - weight) * features[partner]
     return mixed, torch.maximum(frames, frames[partner]), partner, weight
 
@@ -230,28 +229,24 @@ class DigitClassifier(pl.LightningModule):
             loss_metric.update(loss.detach(), weight=count)
             metrics.update(logits.detach()[labeled], labels[labeled])
 
-    def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:
-        outputs = self.head(self.embed(batch))
-        loss = self.supervised_loss(outputs, batch["label"])
-        logits = combine_members(outputs)
-        self.update_metrics(metrics, loss_metric, logits, batch["label"], loss)
-        return loss
-
-    def _mixup_step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> Tensor:
-        """A training step on mixed clips (model.mixup): the loss weighs both labels; the metrics count the larger."""
-        features, frames, partner, weight = mix_batch(*self.augmented_features(batch), self.hparams.mixup)
-        outputs = self.head(self.encoder(features, frames))
+    def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric,
+              mixup: float = 0.0) -> Tensor:
+        """Loss and metrics on a batch; `mixup` > 0 (training only) mixes its clips (`mix_batch`): the loss weighs
+        both labels, the metrics count the larger share's."""
+        features, frames = self.augmented_features(batch)
         labels = batch["label"]
-        loss = weight * self.supervised_loss(outputs, labels) + (1 - weight) * self.supervised_loss(outputs,
-                                                                                                      labels[partner])
-        self.update_metrics(metrics, loss_metric, combine_members(outputs), labels, loss)
+        if mixup:
+            features, frames, partner, weight = mix_batch(features, frames, mixup)
+        outputs = self.head(self.encoder(features, frames))
+        loss = self.supervised_loss(outputs, labels)
+        if mixup:
+            loss = weight * loss + (1 - weight) * self.supervised_loss(outputs, labels[partner])
+        logits = combine_members(outputs)
+        self.update_metrics(metrics, loss_metric, logits, labels, loss)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        if self.hparams.get("mixup"):
-            loss = self._mixup_step(batch, self.train_metrics, self.train_loss)
-        else:
-            loss = self._step(batch, self.train_metrics, self.train_loss)
+        loss = self._step(batch, self.train_metrics, self.train_loss, mixup=self.hparams.get("mixup") or 0.0)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss

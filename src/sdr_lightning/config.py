@@ -90,6 +90,8 @@ TRAIN_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("model.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.mixup", lambda v: v is None or (_number(v) and v >= 0), "a number >= 0 (mixup's Beta alpha; 0: none)"),
+    ("model.consistency", lambda v: v is None or (_number(v) and v >= 0),
+     "a number >= 0 (the weight of the clean/augmented consistency loss; 0: none)"),
 ]
 
 

@@ -127,6 +127,39 @@ def test_augment_bank_serves_each_clip_or_one_of_its_copies(synthetic_data: Path
     assert torch.equal(again.datasets["TRAIN"].padded, train_set.padded)
 
 
+class WantsPairs(Augments):
+    """A model with a consistency loss: it asks for each clip as itself beside one of its copies."""
+
+    wants_clean_pairs = True
+
+
+def test_clean_pairs_serve_a_copy_beside_the_clip_itself(synthetic_data: Path, tmp_path: Path) -> None:
+    dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), batch_size=8, download=False,
+                               augment_bank=2)
+    dm.setup("fit", model=WantsPairs())
+    train_set = dm.datasets["TRAIN"]
+    batch = train_set.__getitems__(list(range(8)))
+    assert batch["augmented"].all()  # the first view is always a copy
+    for row, (index, n) in enumerate(zip(batch["index"], batch["clean_feature_lengths"])):
+        torch.testing.assert_close(batch["clean_features"][row, :, :n], train_set.tensors[int(index)])
+        copy = batch["features"][row, :, : batch["feature_lengths"][row]]
+        assert any(torch.equal(copy, train_set.padded[v, index, :, : copy.shape[-1]]) for v in (1, 2))
+    train_set.clean_only = True  # CleanFinish's epochs: both views are the clip itself
+    batch = train_set.__getitems__([0, 1])
+    assert not batch["augmented"].any() and torch.equal(batch["features"], batch["clean_features"])
+    plain = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), download=False, augment_bank=2)
+    plain.setup("fit", model=Augments())
+    assert "clean_features" not in plain.datasets["TRAIN"].__getitems__([0, 1])
+
+
+def test_clean_pairs_without_a_bank_stop_with_the_key_to_set(synthetic_data: Path, tmp_path: Path) -> None:
+    from sdr_lightning.errors import ConfigError
+
+    dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), download=False)
+    with pytest.raises(ConfigError, match="data.augment_bank"):
+        dm.setup("fit", model=WantsPairs())
+
+
 def test_each_loso_fold_gets_a_bank_of_its_own_train_clips(synthetic_data: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Folds decode the same clips but train on different ones: a bank cached for one fold must not serve another."""

@@ -136,3 +136,36 @@ def test_mixup_training_step_weighs_both_labels(make_cfg) -> None:
     ce = torch.nn.functional.cross_entropy
     expected = weight * ce(logits, batch["label"]) + (1 - weight) * ce(logits, batch["label"][partner])
     torch.testing.assert_close(loss, expected)
+
+
+def test_consistency_loss_is_zero_for_equal_predictions_and_grows_apart() -> None:
+    from sdr_lightning.models.classifier import consistency_loss
+
+    logits = torch.randn(5, 3, 10)
+    assert consistency_loss(logits, logits).abs() < 1e-6
+    near, far = consistency_loss(logits, logits + 0.1 * torch.randn(5, 3, 10)), consistency_loss(logits, -logits)
+    assert 0 < near < far <= torch.log(torch.tensor(2.0)) + 1e-6  # Jensen-Shannon is bounded by ln 2
+
+
+def test_consistency_step_adds_the_divergence_between_a_clip_and_its_copy(make_cfg) -> None:
+    from sdr_lightning.models.classifier import consistency_loss
+
+    cfg = make_cfg("model=cnn", "model.encoder.channels=8", "model.label_smoothing=0", "model.consistency=3")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").train()
+    torch.manual_seed(0)
+    features, frames = torch.randn(4, 40, 30), torch.tensor([30, 12, 20, 7])
+    batch = {"features": features + 0.5 * torch.randn(4, 40, 30), "feature_lengths": frames,
+             "clean_features": features, "clean_feature_lengths": frames, "label": torch.tensor([1, 2, 3, 4]),
+             "augmented": torch.ones(4, dtype=torch.bool)}
+    torch.manual_seed(1)
+    loss = model._step(batch, model.train_metrics, model.train_loss)
+    torch.manual_seed(1)
+    both = torch.cat([batch["features"], features])
+    outputs = model.head(model.encoder(both, torch.cat([frames, frames])))
+    labels = batch["label"].repeat(2)
+    expected = model.supervised_loss(outputs, labels) + 3 * consistency_loss(*outputs.chunk(2))
+    torch.testing.assert_close(loss, expected)
+    model.eval()  # evaluation scores the served clips only
+    torch.testing.assert_close(model._step(batch, model.val_metrics, model.val_loss),
+                               model.supervised_loss(model.head(model.encoder(batch["features"], frames)),
+                                                     batch["label"]))

@@ -43,8 +43,11 @@ class ClipDataset(Dataset):
     (`__getitems__`) instead of padding clip by clip: that per-clip loop was 17% of the linear model's step."""
 
     def __init__(self, clips: Sequence[Clip], tensors: Sequence[Tensor], kind: str = "waveform",
-                 labels: Sequence[int] | None = None, copies: Sequence[Sequence[Tensor]] = ()) -> None:
+                 labels: Sequence[int] | None = None, copies: Sequence[Sequence[Tensor]] = (),
+                 pair_clean: bool = False) -> None:
         self.clips, self.tensors, self.kind = list(clips), list(tensors), kind
+        # with copies: each clip comes as one of its copies and, under "clean_<key>", as itself (a consistency loss)
+        self.pair_clean = pair_clean and bool(copies)
         self.labels = list(labels) if labels is not None else [c.label for c in self.clips]
         self.key, self.length_key = BATCH_KEYS[kind]
         self.copies = len(copies)
@@ -66,20 +69,23 @@ class ClipDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
         """A whole batch, padded to its longest clip (what `collate_batch` builds from a list of items). With
-        augmented copies, each clip comes as itself or one of its copies, drawn anew every time (torch's generator)."""
+        augmented copies, each clip comes as itself or one of its copies, drawn anew every time (torch's generator);
+        with `pair_clean`, as one of its copies and as itself."""
         index = torch.as_tensor(indices, dtype=torch.long)
         drawn = self.copies and not self.clean_only
-        version = torch.randint(self.copies + 1, index.shape) if drawn else torch.zeros_like(index)
-        lengths = self.lengths[version, index]
-        batch = {
-            self.key: self.padded[version, index][..., : int(lengths.max())],
-            self.length_key: lengths,
-            "label": self.label_tensor[index],
-            "index": index,
-        }
+        lowest = 1 if self.pair_clean else 0
+        version = torch.randint(lowest, self.copies + 1, index.shape) if drawn else torch.zeros_like(index)
+        batch = {**self._version(version, index), "label": self.label_tensor[index], "index": index}
         if self.copies:
             batch["augmented"] = version > 0  # already through the model's waveform augmentations
+        if self.pair_clean:
+            clean = self._version(torch.zeros_like(index), index)
+            batch.update({f"clean_{key}": value for key, value in clean.items()})
         return batch
+
+    def _version(self, version: Tensor, index: Tensor) -> dict[str, Tensor]:
+        lengths = self.lengths[version, index]
+        return {self.key: self.padded[version, index][..., : int(lengths.max())], self.length_key: lengths}
 
 
 BATCH_KEYS = {"waveform": ("waveform", "lengths"), "features": ("features", "feature_lengths")}
@@ -176,7 +182,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
                                  None if cache_max_gb is None else int(cache_max_gb * 1e9))
         self.splits: dict[str, list[Clip]] = {}
         self.datasets: dict[str, ClipDataset] = {}
-        self._served: tuple[str | None, bool] | None = None  # (featurizer cache key, raw TRAIN) of self.datasets
+        self._served: tuple | None = None  # (featurizer cache key, raw TRAIN, bank, clean pairs) of self.datasets
         self._waveforms: dict[str, Tensor] = {}  # identifier -> decoded clip, for the conditions
         self._featurizer: nn.Module | None = None
         self._device = torch.device("cpu")
@@ -205,7 +211,13 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         augments = featurizer is not None and bool(getattr(model, "needs_waveforms", False))
         bank = self.hparams.augment_bank if augments else 0
         # what the datasets serve: the features' setting, raw TRAIN audio (on-the-fly augmentation), the bank's
-        served = (feature_key, augments and not bank, _bank_key(model, bank))
+        pairs = bool(getattr(model, "wants_clean_pairs", False))
+        if pairs and not bank and stage == "fit":
+            raise ConfigError("model.consistency compares each TRAIN clip with an augmented copy of it from the bank: "
+                              "set data.augment_bank (e.g. 8) with waveform augmentations (augment=robust_light), "
+                              "or model.consistency=0.")
+        pairs = pairs and bool(bank)
+        served = (feature_key, augments and not bank, _bank_key(model, bank), pairs)
         if self.datasets and served == self._served:
             return
         hp = self.hparams
@@ -240,7 +252,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
             labels = [c.label if c.speaker in labeled else UNLABELED for c in split] if name == "TRAIN" else None
             copies = self._augment_bank(model, split, served) if name == "TRAIN" and bank else ()
             self.datasets[name] = ClipDataset(split, [by_kind[kind][c.identifier] for c in split], kind, labels,
-                                              copies)
+                                              copies, pair_clean=pairs)
         if hp.robust_dev:
             self.datasets["DEV_ROBUST"] = self.robust_dev_dataset(conditions.suite(hp.robust_dev))
         self._served = served

@@ -24,6 +24,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from sdr_lightning.audio.augment import AugmentationPipeline
+from sdr_lightning.audio.corrupt import fit_width
 from sdr_lightning.config import instantiate_part
 from sdr_lightning.data.metadata import METRIC_PREFIXES, UNLABELED
 from sdr_lightning.errors import ConfigError
@@ -44,6 +45,16 @@ def mix_batch(features: Tensor, frames: Tensor, alpha: float) -> tuple[Tensor, T
     partner = torch.randperm(features.shape[0], device=features.device)
     mixed = weight * features + (1.0 - weight) * features[partner]
     return mixed, torch.maximum(frames, frames[partner]), partner, weight
+
+
+def consistency_loss(first: Tensor, second: Tensor) -> Tensor:
+    """Jensen-Shannon divergence between the predictions on two views of the same clips (AugMix's consistency,
+    Hendrycks et al., ICLR 2020), averaged over clips (and ensemble members: (B, members, classes) logits)."""
+    log_p, log_q = first.log_softmax(dim=-1), second.log_softmax(dim=-1)
+    log_mean = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    kl = nn.functional.kl_div
+    return 0.5 * (kl(log_mean, log_p, log_target=True, reduction="none").sum(-1)
+                  + kl(log_mean, log_q, log_target=True, reduction="none").sum(-1)).mean()
 
 
 def combine_members(logits: Tensor) -> Tensor:
@@ -95,6 +106,9 @@ class DigitClassifier(pl.LightningModule):
     `init_from`: a checkpoint of a run with the same encoder, whose encoder and head start this one (a fine-tune,
     e.g. on clean clips after augmented training); a resumed run keeps its own weights.
     `mixup`: Beta(alpha, alpha) of mixup on the training spectrograms (`mix_batch`); 0: none.
+    `consistency`: with an augmentation bank (data.augment_bank), each training clip comes as itself and as one of its
+    augmented copies, and this weighs the Jensen-Shannon divergence between the two predictions (`consistency_loss`)
+    beside both views' cross entropy; 0: none (one version per clip).
     """
 
     def __init__(
@@ -109,6 +123,7 @@ class DigitClassifier(pl.LightningModule):
         num_classes: int = NUM_CLASSES,
         init_from: str | None = None,
         mixup: float = 0.0,
+        consistency: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -181,6 +196,11 @@ class DigitClassifier(pl.LightningModule):
         """Whether training batches must carry raw waveforms (a waveform augmentation is configured)."""
         return self.augmentation.needs_waveforms
 
+    @property
+    def wants_clean_pairs(self) -> bool:
+        """Whether training batches should carry each clip's clean version beside an augmented copy (`consistency`)."""
+        return bool(self.hparams.get("consistency"))
+
     def batch_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Cached features when the datamodule supplies them, else featurize the waveforms here."""
         if "features" in batch:
@@ -235,12 +255,22 @@ class DigitClassifier(pl.LightningModule):
         both labels, the metrics count the larger share's."""
         features, frames = self.augmented_features(batch)
         labels = batch["label"]
+        paired = self.training and "clean_features" in batch
+        if paired:  # the clean clips as a second view, through the spectrogram augmentations of their own
+            clean, clean_frames = self.augmentation.augment_spectrogram(batch["clean_features"],
+                                                                        batch["clean_feature_lengths"])
+            width = max(features.shape[-1], clean.shape[-1])
+            features = torch.cat([fit_width(features, width), fit_width(clean, width)])
+            frames, labels = torch.cat([frames, clean_frames]), torch.cat([labels, labels])
         if mixup:
             features, frames, partner, weight = mix_batch(features, frames, mixup)
         outputs = self.head(self.encoder(features, frames))
         loss = self.supervised_loss(outputs, labels)
         if mixup:
             loss = weight * loss + (1 - weight) * self.supervised_loss(outputs, labels[partner])
+        if paired:
+            augmented_view, clean_view = outputs.chunk(2)
+            loss = loss + self.hparams.consistency * consistency_loss(augmented_view, clean_view)
         logits = combine_members(outputs)
         self.update_metrics(metrics, loss_metric, logits, labels, loss)
         return loss

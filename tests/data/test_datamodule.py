@@ -175,9 +175,10 @@ def test_each_loso_fold_gets_a_bank_of_its_own_train_clips(synthetic_data: Path,
     assert torch.equal(after_fold_0, fold_bank(1, tmp_path / "fresh"))
 
 
-def test_a_model_trains_from_the_bank(make_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize("consistency", [0, 2])
+def test_a_model_trains_from_the_bank(make_cfg, tmp_path: Path, consistency: float) -> None:
     from sdr_lightning.tasks.train import train
 
     value = train(make_cfg("model=cnn", "model.encoder.channels=16", "debug=limit", "augment=[noise,reverb]",
-                           "data.augment_bank=2", "report.projector=false"))
+                           "data.augment_bank=2", "report.projector=false", f"model.consistency={consistency}"))
     assert 0.0 <= value <= 1.0

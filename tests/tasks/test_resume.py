@@ -91,6 +91,20 @@ def test_missing_checkpoint_file_is_one_error(make_cfg) -> None:
         train(make_cfg("model=linear", "debug=fast_dev_run", "ckpt_path=/nowhere/last.ckpt"))
 
 
+def test_last_checkpoint_is_the_newest_epoch_when_dev_stops_improving(make_cfg, tmp_path: Path) -> None:
+    # a learning rate of 1e-12: DEV never improves after the first epoch, so the best checkpoint stays epoch 0.
+    # Lightning's own save_last (2.6) would have left last.ckpt there too, and a resume would redo every later epoch.
+    train(make_cfg("model=linear", "debug=limit", "trainer.max_epochs=3", "model.optimizer.lr=1e-12",
+                   "model.scheduler=null"))
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch_000.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == 2
+    best = [state for key, state in last["callbacks"].items() if "val/acc" in key]
+    assert len(best) == 1 and Path(best[0]["best_model_path"]).name == "epoch_000.ckpt"
+    assert Path(json.loads((tmp_path / "metrics.json").read_text())["best_checkpoint"]).name == "epoch_000.ckpt"
+
+
 def test_ckpt_path_last_continues_this_runs_directory(make_cfg, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     # no one-cycle schedule: its length is fixed by the first run, so it cannot be extended to more epochs

@@ -6,6 +6,7 @@ moving average of the weights (callbacks=ema)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -135,6 +136,19 @@ def test_clean_finish_trains_the_last_epochs_on_clean_clips(make_cfg, monkeypatc
     assert any(clean for clean, _ in drawn) and not any(augmented for clean, augmented in drawn if clean)
     with pytest.raises(ConfigError, match="callbacks.clean_finish.epochs=-1"):
         train(make_cfg("experiment=robust_cnn_clean", "debug=limit", "callbacks.clean_finish.epochs=-1"))
+
+
+def test_robust_cnn_speakers_shifts_voices_both_ways_and_reports_the_last_epoch(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("experiment=robust_cnn_speakers", "debug=limit", "trainer.max_epochs=3",
+                   "callbacks.clean_finish.epochs=1", "data.augment_bank=2", "model.encoder.channels=8", "logger=csv",
+                   "report.splits=[]", "test=false", "model.optimizer.lr=1e-12")  # DEV best at epoch 0
+    voice = cfg.model.augment.waveform.voice
+    assert min(voice.semitones) < 0 < max(voice.semitones)
+    assert min(voice.formant_factors) < 1 < max(voice.formant_factors)
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert Path(metrics["best_checkpoint"]).name == "epoch_002.ckpt"  # the last of 3, whatever DEV said
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["epoch_002.ckpt", "last.ckpt"]
 
 
 def test_weight_ema_checkpoints_the_average_and_resumes_exactly(make_cfg, tmp_path: Path) -> None:

@@ -151,6 +151,18 @@ def test_robust_cnn_speakers_shifts_voices_both_ways_and_reports_the_last_epoch(
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["epoch_002.ckpt", "last.ckpt"]
 
 
+def test_robust_cnn_voices_trains_on_the_espeak_voices_and_says_how_to_build_them(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("experiment=robust_cnn_voices", "debug=fast_dev_run")
+    assert cfg.data.synthetic_voices == ".voices/train"  # the train set of data/voices.py, never its eval set
+    assert cfg.model.augment.waveform.voice.p == 0.5
+    assert min(cfg.model.augment.waveform.voice.semitones) < 0  # robust_cnn_speakers' shift both ways, kept
+    assert cfg.callbacks.model_checkpoint.monitor is None
+    missing = tmp_path / "no_voices"
+    says_how = rf"data.synthetic_voices={missing}: .*python -m sdr_lightning.data.voices --out"
+    with pytest.raises(ConfigError, match=says_how):
+        train(make_cfg("experiment=robust_cnn_voices", "debug=fast_dev_run", f"data.synthetic_voices={missing}"))
+
+
 def test_weight_ema_checkpoints_the_average_and_resumes_exactly(make_cfg, tmp_path: Path) -> None:
     every_epoch = ("model=cnn", "model.encoder.channels=8", "debug=limit", "trainer.max_epochs=3", "callbacks=ema",
                    "callbacks.ema.decay=0.5", "callbacks.model_checkpoint.save_top_k=-1", "trainer.deterministic=true",

@@ -2,8 +2,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from torch import nn
 
 from sdr_lightning.data.datamodule import collate_waveforms
+from sdr_lightning.models.encoders.cnn import grouped_conv1d
 from sdr_lightning.models.simclr import nt_xent
 
 MODELS = ["linear", "cnn", "vit", "simclr", "bcresnet"]
@@ -71,6 +73,26 @@ def test_cnn_members_are_independent_models_averaged(make_cfg) -> None:
     block = model.encoder.blocks[0][0].weight.grad  # grouped conv: output channels member-major
     assert block[:16].abs().sum() > 0 and block[16:].abs().sum() == 0
     assert model.head.weight.grad[1:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("dilation, groups, bias", [(1, 4, False), (8, 4, False), (2, 2, True), (4, 1, False)])
+def test_grouped_conv1d_is_the_convolution(dilation: int, groups: int, bias: bool) -> None:
+    conv = nn.Conv1d(16, 16, 3, padding=dilation, dilation=dilation, groups=groups, bias=bias)
+    for length in (1, 7, 50):
+        x = torch.randn(2, 16, length)
+        torch.testing.assert_close(grouped_conv1d(x, conv), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_cnn_gives_a_single_clip_what_its_batch_gives_it(make_cfg) -> None:
+    # eval mode with one clip takes grouped_conv1d's path; in a batch (or in training) the library's kernel
+    cfg = make_cfg("model=cnn", "model.encoder.members=4", "model.encoder.channels=16")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
+    batch = variable_length_batch()
+    with torch.no_grad():
+        together = model(batch["waveform"], batch["lengths"])
+        for i, length in enumerate(batch["lengths"]):
+            alone = model(batch["waveform"][i:i + 1, :length], length[None])
+            torch.testing.assert_close(alone, together[i:i + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_cnn_members_training_step_averages_member_losses(make_cfg) -> None:

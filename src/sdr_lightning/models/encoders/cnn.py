@@ -49,10 +49,42 @@ class TemporalCNN(nn.Module):
     def forward(self, features: Tensor, frames: Tensor) -> Tensor:
         mask = lengths_to_mask(frames, features.shape[-1])[:, None, :].to(features.dtype)
         x = self.stem(features) * mask
+        one_clip = self.members > 1 and not self.training and x.shape[0] == 1 and not _tracing()
         for block in self.blocks:
-            x = (x + block(x)) * mask
+            if one_clip:  # the same block, its grouped convolution as one matrix product (see grouped_conv1d)
+                x = (x + block[1:](grouped_conv1d(x, block[0]))) * mask
+            else:
+                x = (x + block(x)) * mask
         mean = x.sum(-1) / mask.sum(-1).clamp(min=1)
         peak = x.masked_fill(mask == 0, -torch.inf).amax(-1)
         # member-major layout, (B, members * 2 * channels), so each member's slice is contiguous for its head
         batch = x.shape[0]
         return torch.cat([mean.view(batch, self.members, -1), peak.view(batch, self.members, -1)], dim=2).flatten(1)
+
+
+def grouped_conv1d(x: Tensor, conv: nn.Conv1d) -> Tensor:
+    """`conv(x)` for a grouped, dilated, stride-1 convolution, computed as one batched matrix product over the
+    gathered taps. For a single clip at inference oneDNN's grouped kernel costs about three times this (the packed
+    ensembles' single-clip latency, docs/speed.md); for batches and for training the library's kernel is faster, so
+    the encoder calls this for one clip in eval mode only. The sums run in another order: outputs agree to float
+    rounding (about 1e-6 relative), not bit for bit."""
+    if conv.stride != (1,) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return conv(x)
+    (dilation,), (padding,), taps = conv.dilation, conv.padding, conv.kernel_size[0]
+    batch, channels, length = x.shape
+    groups, out_channels = conv.groups, conv.out_channels
+    out_length = length + 2 * padding - dilation * (taps - 1)
+    padded = nn.functional.pad(x, (padding, padding))
+    # (batch, groups, in_channels/groups * taps, out_length): input channel-major, tap-minor, as the weight is laid out
+    gathered = torch.stack([padded[..., k * dilation:k * dilation + out_length] for k in range(taps)], dim=2)
+    gathered = gathered.reshape(batch, groups, channels // groups * taps, out_length)
+    weight = conv.weight.reshape(groups, out_channels // groups, channels // groups * taps)
+    out = torch.matmul(weight, gathered).reshape(batch, out_channels, out_length)
+    return out if conv.bias is None else out + conv.bias[:, None]
+
+
+def _tracing() -> bool:
+    """Whether the model is being traced or exported (TorchScript, ONNX, torch.export, torch.compile): the exported
+    graph keeps one path for every batch size."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or \
+        torch.onnx.is_in_onnx_export()

@@ -2,11 +2,13 @@
 over --runs calls) and batch throughput (clips/s at --batch clips, median of --batch-repeats), for eager PyTorch,
 the TorchScript export and the ONNX export run by ONNX Runtime, with 1 thread and with the default thread count.
 
-    python benchmarks/inference_latency.py [--ckpt <run>/checkpoints/<best>.ckpt] [--model cnn] [--runs 200]
-        [--batch 256] [--threads 1 0] [--data speech_data] [--out latency.json]
+    python benchmarks/inference_latency.py [--ckpt <run>/checkpoints/<best>.ckpt] [--model cnn] [--override ...]
+        [--runs 200] [--batch 256] [--threads 1 0] [--data speech_data] [--out latency.json]
 
-Without --ckpt it builds `--model` from the composed config with random weights: latency does not depend on the
-weights. The single clip is a real FSDD clip of median length (about 0.5 s) when the clips are found (--data,
+Without --ckpt it builds `--model` (with any `--override`s) from the composed config with random weights: latency
+does not depend on the weights. For a packed CNN ensemble (model.encoder.members > 1) it also times the single clip
+on the library's grouped convolution kernel beside the encoder's matrix-product path, in turn (docs/speed.md).
+The single clip is a real FSDD clip of median length (about 0.5 s) when the clips are found (--data,
 $SDR_DATA_DIR, ../shared/speech_data or speech_data), else a 0.5 s synthetic tone burst; the batch is --batch
 clips drawn from the same place. The model trims edge silence itself, so the clip's content sets its frame count.
 Target (issue 5): single-clip median <= 5 ms.
@@ -52,10 +54,10 @@ def find_data(given: str | None) -> Path | None:
     return None
 
 
-def build_model(ckpt: str | None, model: str) -> torch.nn.Module:
+def build_model(ckpt: str | None, model: str, overrides: Sequence[str] = ()) -> torch.nn.Module:
     if ckpt:
         return load_checkpoint(ckpt).model
-    cfg = compose_config([f"model={model}"], output_dir=".")
+    cfg = compose_config([f"model={model}", *overrides], output_dir=".")
     torch.manual_seed(0)
     return instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
 
@@ -112,10 +114,30 @@ def runners(model: torch.nn.Module, folder: Path, threads: int) -> dict[str, Run
     return {"eager PyTorch": eager, "TorchScript": torchscript, "ONNX Runtime": onnx}
 
 
+def grouped_kernel_ab(model: torch.nn.Module, one: tuple[torch.Tensor, torch.Tensor], runs: int) -> tuple[float, float]:
+    """A packed ensemble's single-clip median ms, eager: its matrix-product path (what predict uses) and the library's
+    grouped kernel, timed in turn call after call so that the machine's load weighs on both alike."""
+    encoder, times = model.encoder, {True: [], False: []}
+    with torch.inference_mode():
+        try:
+            for round_ in range(runs + 10):
+                for matmul, measured in times.items():
+                    encoder.single_clip_matmul = matmul
+                    start = time.perf_counter()
+                    model(*one).argmax(-1)
+                    if round_ >= 10:
+                        measured.append((time.perf_counter() - start) * 1000)
+        finally:
+            encoder.single_clip_matmul = True
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", help="a trained checkpoint (default: --model with random weights)")
     parser.add_argument("--model", default="cnn", help="conf/model/<name> when no --ckpt (default: cnn)")
+    parser.add_argument("--override", nargs="*", default=[], help="config overrides for --model, e.g. "
+                        "model.encoder.members=4 model.encoder.channels=64 (a packed ensemble)")
     parser.add_argument("--runs", type=int, default=200, help="single-clip calls timed per backend")
     parser.add_argument("--batch", type=int, default=256, help="clips per throughput batch")
     parser.add_argument("--batch-repeats", type=int, default=5, help="timed throughput batches per backend")
@@ -125,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     default_threads = torch.get_num_threads()
-    model = build_model(args.ckpt, args.model)
+    model = build_model(args.ckpt, args.model, args.override)
     single, waves, source = clips(find_data(args.data), args.batch)
     one = (single[None], torch.tensor([len(single)]))
     batch = collate_waveforms([(w, 0, 0) for w in waves])
@@ -133,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(machine())
     print(f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters); {source}")
 
-    rows = []
+    rows, ab = [], None
     with tempfile.TemporaryDirectory() as folder:
         results = export_model(model, Path(folder), ["torchscript", "onnx"])  # also checks the exports' logits
         print("exports' max |logit difference| from eager: "
@@ -145,17 +167,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 batch_ms = timings_ms(lambda: predict(*many), args.batch_repeats, warmup=1)
                 rows.append((name, threads or default_threads, statistics.median(single_ms),
                              float(np.percentile(single_ms, 90)), args.batch / statistics.median(batch_ms) * 1000))
+            if threads == 1 and getattr(getattr(model, "encoder", None), "members", 1) > 1:
+                ab = grouped_kernel_ab(model, one, args.runs)
     torch.set_num_threads(default_threads)
 
     headers = ["backend", "threads", "single clip: median ms", "p90 ms", f"batch of {args.batch}: clips/s"]
     print("\n" + markdown_table(headers, [(name, threads, f"{median:.2f}", f"{p90:.2f}", f"{throughput:,.0f}")
                                           for name, threads, median, p90, throughput in rows]))
+    if ab:
+        print(f"\npacked ensemble, one clip, eager, 1 thread, in turn: grouped convolutions as a matrix product "
+              f"{ab[0]:.2f} ms, the library's grouped kernel {ab[1]:.2f} ms ({ab[1] / ab[0]:.2f}x)")
     eager_one = next(median for name, _, median, _, _ in rows if name == "eager PyTorch")
     verdict = "met" if eager_one <= TARGET_MS else "NOT met"
     print(f"\ntarget: single clip <= {TARGET_MS:.0f} ms median; eager PyTorch with {rows[0][1]} thread(s): "
           f"{eager_one:.2f} ms ({verdict})")
     write_json(args.out, {"machine": machine(), "model": type(model).__name__, "clips": source,
                           "target_ms": TARGET_MS, "target_met": eager_one <= TARGET_MS,
+                          "packed_single_clip_ms": None if ab is None else {"matmul": ab[0], "library_kernel": ab[1]},
                           "figures": [dict(zip(("backend", "threads", "median_ms", "p90_ms", "clips_per_s"), row))
                                       for row in rows]})
 

@@ -93,6 +93,9 @@ def test_packed_cnn_gives_a_single_clip_what_its_batch_gives_it(make_cfg) -> Non
         for i, length in enumerate(batch["lengths"]):
             alone = model(batch["waveform"][i:i + 1, :length], length[None])
             torch.testing.assert_close(alone, together[i:i + 1], rtol=1e-4, atol=1e-5)
+            model.encoder.single_clip_matmul = False  # the library's grouped kernel, as benchmarks/ time it
+            torch.testing.assert_close(model(batch["waveform"][i:i + 1, :length], length[None]), alone)
+            model.encoder.single_clip_matmul = True
 
 
 def test_cnn_members_training_step_averages_member_losses(make_cfg) -> None:

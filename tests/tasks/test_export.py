@@ -107,16 +107,27 @@ def test_unknown_format_and_tolerance_are_config_errors(tmp_path: Path) -> None:
         export_model(model, tmp_path, ["torchscript"], atol=-1)
 
 
-def test_latency_benchmark_runs(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+PACKED_CNN = ["--model", "cnn", "--override", "model.encoder.members=2", "model.encoder.channels=8"]
+
+
+@pytest.mark.parametrize("model", [["--model", "linear"], PACKED_CNN], ids=["linear", "packed_cnn"])
+def test_latency_benchmark_runs(model: list[str], synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys) -> None:
     """benchmarks/inference_latency.py end to end with a few calls (its figures are not checked: no timing here)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/<name>.py` does, for `_common`
     spec = importlib.util.spec_from_file_location("inference_latency", ROOT / "benchmarks" / "inference_latency.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "latency.json"
-    module.main(["--model", "linear", "--runs", "3", "--batch", "4", "--batch-repeats", "1", "--threads", "1",
+    module.main([*model, "--runs", "3", "--batch", "4", "--batch-repeats", "1", "--threads", "1",
                  "--data", str(synthetic_data), "--out", str(out)])
     figures = json.loads(out.read_text())["figures"]
     assert [f["backend"] for f in figures] == ["eager PyTorch", "TorchScript", "ONNX Runtime"]
     assert all(f["median_ms"] > 0 and f["clips_per_s"] > 0 for f in figures)
-    assert "target: single clip <= 5 ms" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "target: single clip <= 5 ms" in printed
+    packed = json.loads(out.read_text())["packed_single_clip_ms"]
+    if "--override" in model:  # a packed ensemble: its single clip on both grouped-convolution paths
+        assert packed["matmul"] > 0 and packed["library_kernel"] > 0 and "library's grouped kernel" in printed
+    else:
+        assert packed is None

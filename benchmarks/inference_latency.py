@@ -115,7 +115,7 @@ def runners(model: torch.nn.Module, folder: Path, threads: int) -> dict[str, Run
 
 
 def grouped_kernel_ab(model: torch.nn.Module, one: tuple[torch.Tensor, torch.Tensor], runs: int) -> tuple[float, float]:
-    """A packed ensemble's single-clip median ms, eager: its matrix-product path (what predict uses) and the library's
+    """A packed ensemble's single-clip median ms, eager: its matrix-product path (what one clip gets) and the library's
     grouped kernel, timed in turn call after call so that the machine's load weighs on both alike."""
     encoder, times = model.encoder, {True: [], False: []}
     with torch.inference_mode():

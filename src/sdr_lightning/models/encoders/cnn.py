@@ -56,9 +56,13 @@ class TemporalCNN(nn.Module):
                     and not _tracing())
         for block in self.blocks:
             if one_clip:  # the same block, its grouped convolution as one matrix product (see grouped_conv1d)
-                x = (x + block[1:](grouped_conv1d(x, block[0]))) * mask
+                conv, *layers = block  # not block[1:]: slicing builds a new Sequential on every call
+                out = grouped_conv1d(x, conv)
+                for layer in layers:
+                    out = layer(out)
             else:
-                x = (x + block(x)) * mask
+                out = block(x)
+            x = (x + out) * mask
         mean = x.sum(-1) / mask.sum(-1).clamp(min=1)
         peak = x.masked_fill(mask == 0, -torch.inf).amax(-1)
         # member-major layout, (B, members * 2 * channels), so each member's slice is contiguous for its head
@@ -68,10 +72,10 @@ class TemporalCNN(nn.Module):
 
 def grouped_conv1d(x: Tensor, conv: nn.Conv1d) -> Tensor:
     """`conv(x)` for a grouped, dilated, stride-1 convolution, computed as one batched matrix product over the
-    gathered taps. For a single clip at inference oneDNN's grouped kernel costs about three times this (the packed
-    ensembles' single-clip latency, docs/speed.md); for batches and for training the library's kernel is faster, so
-    the encoder calls this for one clip in eval mode only. The sums run in another order: outputs agree to float
-    rounding (about 1e-6 relative), not bit for bit."""
+    gathered taps. For a single clip at inference oneDNN's grouped kernel is slower than this (a packed ensemble's
+    single-clip latency falls by about 8%, docs/speed.md); for batches and for training the library's kernel is
+    faster, so the encoder calls this for one clip in eval mode only. The sums run in another order: outputs agree
+    to float rounding (about 1e-6 relative), not bit for bit."""
     if conv.stride != (1,) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return conv(x)
     (dilation,), (padding,), taps = conv.dilation, conv.padding, conv.kernel_size[0]

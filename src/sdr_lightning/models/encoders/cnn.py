@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from sdr_lightning.audio.features import lengths_to_mask
+from sdr_lightning.models.dropout import Dropout16
 
 
 class TemporalCNN(nn.Module):
@@ -18,6 +19,9 @@ class TemporalCNN(nn.Module):
 
     Activations are zeroed past each clip's end after every block, so a clip's output (in eval mode)
     does not depend on how much padding its batch added.
+
+    `fast_dropout` draws the dropout masks with 16 random bits per element (models/dropout.py) instead of torch's
+    64: the same regularizer, another random stream, and a training step about a third shorter on CPU.
     """
 
     def __init__(
@@ -28,6 +32,7 @@ class TemporalCNN(nn.Module):
         dilations: Sequence[int] = (1, 2, 4, 8),
         dropout: float = 0.2,
         members: int = 1,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.members = members
@@ -40,7 +45,7 @@ class TemporalCNN(nn.Module):
             nn.Sequential(
                 nn.Conv1d(width, width, kernel_size, padding=d * (kernel_size // 2), dilation=d, groups=members,
                           bias=False),
-                nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(dropout),
+                nn.BatchNorm1d(width), nn.ReLU(), Dropout16(dropout) if fast_dropout else nn.Dropout(dropout),
             )
             for d in dilations
         )

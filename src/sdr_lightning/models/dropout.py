@@ -1,0 +1,49 @@
+"""Dropout whose mask costs 16 random bits per element.
+
+torch's CPU dropout draws its Bernoulli mask one 64-bit number at a time (about 9 ns per element on this project's
+machine), which made it 30% of a packed CNN ensemble's training step, more than the convolutions. Here one 64-bit
+draw serves four elements: four times fewer draws, a quarter of the time (docs/speed.md). The mask has the same
+distribution up to `p` rounded to a multiple of 1/65536, but another random stream, so a model trained with it
+differs from one trained with `nn.Dropout` as another seed would; that is why it is an option, not a replacement.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_LEVELS = 1 << 16
+
+
+def dropout16(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """`x` with each element zeroed with probability `p` (rounded to a multiple of 1/65536) and the rest scaled so
+    the expectation is unchanged, in training; `x` itself otherwise."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return x
+    dropped = round(p * _LEVELS)
+    if dropped >= _LEVELS:
+        return torch.zeros_like(x)
+    n = x.numel()
+    # full-range int64 draws seen as int16: four uniform 16-bit numbers per draw, in [-32768, 32767]
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
+    bits = bits.view(torch.int16)[:n].view(x.shape)
+    keep = bits >= dropped - _LEVELS // 2
+    return x * keep * (_LEVELS / (_LEVELS - dropped))
+
+
+class Dropout16(nn.Module):
+    """`nn.Dropout` (no parameters, identity in eval mode) with `dropout16`'s cheaper mask."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout16(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -2,12 +2,15 @@
 (data/conditions.py), the synthetic espeak-ng voices, and leave-one-speaker-out sweeps, beside the targets.
 
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
-        [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--split TEST] [--threads 2] [--out f.json]
+        [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--split TEST] [--threads 2] \
+        [--out f.json]
 
 A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
 one recipe) makes one column of their mean ± std. --loso takes a sweep of the six
 `data.fold` jobs (python train.py -m experiment=... data.fold=0,1,2,3,4,5) and reports their TEST mean and worst
-fold. The voices come from `python -m sdr_lightning.data.voices` (their eval set: voices no recipe trains on).
+fold; with --loso-suite, each fold's checkpoint (its metrics.json's best_checkpoint) also goes under the suite on
+its held-out speaker (rows "LOSO <condition>": the mean over the folds, and the suite mean's worst fold). The voices
+come from `python -m sdr_lightning.data.voices` (their eval set: voices no recipe trains on).
 """
 
 from __future__ import annotations
@@ -63,23 +66,48 @@ def score(checkpoint: Path, split: str, voices: Path | None, suite: str, data: P
     return figures
 
 
-def loso(sweep: Path) -> dict[str, float]:
-    folds = {}
+def fold_jobs(sweep: Path) -> dict[str, tuple[Path, dict]]:
+    """The sweep's fold jobs: data.fold -> (job folder, its metrics.json)."""
+    jobs = {}
     for metrics_file in sorted(sweep.glob("*/metrics.json")):
-        metrics = json.loads(metrics_file.read_text())
-        overrides = (metrics_file.parent / ".hydra" / "overrides.yaml").read_text()
-        fold = next((line.split("=")[1] for line in overrides.split("\n") if "data.fold=" in line), "?")
-        folds[fold] = float(metrics["test/acc"])
-    if not folds:
+        overrides = metrics_file.parent / ".hydra" / "overrides.yaml"
+        lines = overrides.read_text().split("\n") if overrides.is_file() else []
+        fold = next((line.split("=")[1] for line in lines if "data.fold=" in line), metrics_file.parent.name)
+        jobs[fold] = (metrics_file.parent, json.loads(metrics_file.read_text()))
+    if not jobs:
         raise SystemExit(f"error: no fold job with metrics.json under {sweep}")
-    values = np.array(list(folds.values()))
+    return jobs
+
+
+def loso(sweep: Path) -> dict[str, float]:
+    values = np.array([float(metrics["test/acc"]) for _, metrics in fold_jobs(sweep).values()])
     return {"LOSO mean": float(values.mean()), "LOSO worst fold": float(values.min()), "LOSO folds": len(values)}
+
+
+def loso_suite(sweep: Path, suite: str, data: Path) -> dict[str, float]:
+    """Each fold's checkpoint, clean and under the suite, on its own TEST split: the speaker it held out."""
+    per_fold = []
+    for fold, (job, metrics) in fold_jobs(sweep).items():
+        recorded = Path(str(metrics.get("best_checkpoint", "")))
+        checkpoint = recorded if recorded.is_file() else job / "checkpoints" / recorded.name  # a moved sweep
+        if not recorded.name or not checkpoint.is_file():
+            raise SystemExit(f"error: fold {fold} ({job / 'metrics.json'}): its best_checkpoint {recorded} is not "
+                             "there; --loso-suite needs the sweep's checkpoints (drop --loso-suite for the clean "
+                             "figures alone)")
+        per_fold.append(score(checkpoint, "TEST", None, suite, data))
+    # clean is --loso's "LOSO mean" already
+    rows = {f"LOSO {key}": float(np.mean([figures[key] for figures in per_fold])) for key in per_fold[0]
+            if key != "clean"}
+    rows["LOSO suite mean, worst fold"] = float(min(figures["suite mean"] for figures in per_fold))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="*", help="name=path/to.ckpt (a column each)")
     parser.add_argument("--loso", nargs="*", default=[], help="name=sweep folder of the six data.fold jobs")
+    parser.add_argument("--loso-suite", action="store_true",
+                        help="also put each --loso fold's checkpoint under the suite, on its held-out speaker")
     parser.add_argument("--voices", type=Path, default=None, help="the espeak-ng eval set (default: .voices/eval)")
     parser.add_argument("--split", default="TEST")
     parser.add_argument("--suite", default="robustness")
@@ -100,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
-            for row, value in loso(sweep).items():
+            figures = loso(sweep) | (loso_suite(sweep, args.suite, find_data(args.data)) if args.loso_suite else {})
+            for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:
         sys.exit("error: give checkpoints (name=path.ckpt) or --loso sweeps; see --help")

@@ -119,6 +119,42 @@ def test_robustness_table(cnn_run: dict, synthetic_data: Path, tmp_path: Path, m
     assert "| telephone | >= 0.92 |" in printed and f"{column['clean'][0]:.4f} ± 0.0000 (n=2)" in printed
 
 
+def test_robustness_loso_suite(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--loso-suite scores each fold's checkpoint on its TEST split, found where metrics.json says or, for a moved
+    sweep, in the job's checkpoints/; a fold without its checkpoint is one clear error."""
+    import shutil
+
+    from sdr_lightning.data import conditions
+
+    monkeypatch.setitem(conditions.SUITES, "small", ["quiet", "telephone"])
+    checkpoint = Path(cnn_run["best_checkpoint"])
+    sweep = tmp_path / "loso"
+    for fold in range(2):
+        job = sweep / f"{fold}_data.fold-{fold}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- data.fold={fold}\n")
+        recorded = checkpoint
+        if fold == 1:  # recorded elsewhere, as after moving the sweep
+            (job / "checkpoints").mkdir()
+            shutil.copy(checkpoint, job / "checkpoints" / checkpoint.name)
+            shutil.copy(checkpoint.parent.parent / ".hydra" / "config.yaml", job / ".hydra" / "config.yaml")
+            recorded = tmp_path / "moved_away" / checkpoint.name
+        (job / "metrics.json").write_text(json.dumps({"test/acc": 0.5, "best_checkpoint": str(recorded)}))
+    out = tmp_path / "robust.json"
+    robustness = load("robustness", monkeypatch)
+    robustness.main(["--suite", "small", "--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-suite",
+                     "--out", str(out)])
+    column = json.loads(out.read_text())["columns"]["tiny"]
+    scored = robustness.score(checkpoint, "TEST", None, "small", synthetic_data)
+    assert column["LOSO telephone"] == [pytest.approx(scored["telephone"])]
+    assert column["LOSO suite mean"] == column["LOSO suite mean, worst fold"] == [pytest.approx(scored["suite mean"])]
+    assert "LOSO clean" not in column and column["LOSO mean"] == [0.5]
+    (sweep / "1_data.fold-1" / "checkpoints" / checkpoint.name).unlink()
+    with pytest.raises(SystemExit, match=r"fold 1 .*best_checkpoint .* is not there"):
+        robustness.main(["--suite", "small", "--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-suite"])
+
+
 def test_recipe_cost(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cost.json"
     load("recipe_cost", monkeypatch).main(["--data", str(synthetic_data), "--baseline", "model=linear",

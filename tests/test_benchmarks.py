@@ -155,6 +155,14 @@ def test_robustness_loso_suite(cnn_run: dict, synthetic_data: Path, tmp_path: Pa
         robustness.main(["--suite", "small", "--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-suite"])
 
 
+def test_dropout_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "dropout.json"
+    load("dropout_mask", monkeypatch).main(["--shape", "4", "8", "16", "--repeats", "2", "--out", str(out)])
+    figures = json.loads(out.read_text())
+    assert set(figures["median_ms"]) == {"nn.Dropout", "Dropout16"} and figures["ratio"] > 0
+    assert "nn.Dropout / Dropout16:" in capsys.readouterr().out
+
+
 def test_recipe_cost(synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cost.json"
     load("recipe_cost", monkeypatch).main(["--data", str(synthetic_data), "--baseline", "model=linear",

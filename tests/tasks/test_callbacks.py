@@ -157,6 +157,7 @@ def test_robust_cnn_voices_trains_on_the_espeak_voices_and_says_how_to_build_the
     assert cfg.model.augment.waveform.voice.p == 0.5
     assert min(cfg.model.augment.waveform.voice.semitones) < 0  # robust_cnn_speakers' shift both ways, kept
     assert cfg.callbacks.model_checkpoint.monitor is None
+    assert cfg.model.encoder.fast_dropout  # the fourteenth round's cheaper dropout masks
     missing = tmp_path / "no_voices"
     says_how = rf"data.synthetic_voices={missing}: .*python -m sdr_lightning.data.voices --out"
     with pytest.raises(ConfigError, match=says_how):

@@ -2,9 +2,10 @@
 
 torch's CPU dropout draws its Bernoulli mask one 64-bit number at a time (about 9 ns per element on this project's
 machine), which made it 30% of a packed CNN ensemble's training step, more than the convolutions. Here one 64-bit
-draw serves four elements: four times fewer draws, a quarter of the time (docs/speed.md). The mask has the same
-distribution up to `p` rounded to a multiple of 1/65536, but another random stream, so a model trained with it
-differs from one trained with `nn.Dropout` as another seed would; that is why it is an option, not a replacement.
+draw serves four elements: four times fewer draws, and forward plus backward take 3.6x less time at 2 threads
+(benchmarks/dropout_mask.py; docs/speed.md). The mask has the same distribution up to `p` rounded to a multiple of
+1/65536, but another random stream, so a model trained with it differs from one trained with `nn.Dropout` as another
+seed would; that is why it is an option, not a replacement.
 """
 
 from __future__ import annotations

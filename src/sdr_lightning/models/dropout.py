@@ -16,11 +16,15 @@ from torch import Tensor, nn
 _LEVELS = 1 << 16
 
 
+def _check_probability(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
 def dropout16(x: Tensor, p: float, training: bool = True) -> Tensor:
     """`x` with each element zeroed with probability `p` (rounded to a multiple of 1/65536) and the rest scaled so
     the expectation is unchanged, in training; `x` itself otherwise."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    _check_probability(p)
     if not training or p == 0.0:
         return x
     dropped = round(p * _LEVELS)
@@ -40,8 +44,7 @@ class Dropout16(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        _check_probability(p)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:

@@ -105,6 +105,23 @@ def test_cepstra_keeps_the_envelope_and_drops_pitch_ripple() -> None:
         LogMel(cepstra=41)
 
 
+def test_top_db_floors_each_clip_under_its_own_peak() -> None:
+    t = torch.arange(8000) / 8000
+    # a loud tone, then a quiet one 70 dB down: 80 dB keeps the quiet part's level, 40 dB floors it
+    wave = torch.cat([torch.sin(2 * torch.pi * 500 * t), 10 ** (-70 / 20) * torch.sin(2 * torch.pi * 500 * t)])[None]
+    lengths = torch.tensor([16000])
+    deep, _ = LogMel(normalization="none")(wave, lengths)
+    floored, frames = LogMel(top_db=40.0, normalization="none")(wave, lengths)
+    peak = deep[0, :, :frames[0]].amax()
+    assert deep[0, :, :frames[0]].amin() < peak - 60
+    assert torch.isclose(floored[0, :, :frames[0]].amin(), peak - 40, atol=1e-3)
+    kept = deep > peak - 40  # what lies above the floor is unchanged
+    torch.testing.assert_close(floored[kept], deep[kept])
+    assert LogMel(top_db=40.0).cache_key != LogMel().cache_key  # cached features follow the setting
+    with pytest.raises(ConfigError, match="top_db=0"):
+        LogMel(top_db=0.0)
+
+
 def test_cepstra_clip_alone_equals_clip_in_padded_batch() -> None:
     featurizer = LogMel(cepstra=20, trim_db=20.0)
     waves = [torch.randn(6000), torch.randn(2500)]

@@ -43,6 +43,8 @@ class LogMel(nn.Module):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"model.featurizer.normalization={normalization!r}; use one of {NORMALIZATIONS}.")
+        if not top_db > 0:  # a floor at or above the peak would flatten every clip to one value
+            raise ConfigError(f"model.featurizer.top_db={top_db}; use a positive number of decibels (80 by default).")
         if cepstra is not None and not 1 <= cepstra <= n_mels:
             raise ConfigError(f"model.featurizer.cepstra={cepstra}; use 1..n_mels ({n_mels}), or null to keep all.")
         # Every setting that changes the output: the key of the datamodule's feature cache.

@@ -2,15 +2,18 @@
 (data/conditions.py), the synthetic espeak-ng voices, and leave-one-speaker-out sweeps, beside the targets.
 
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
-        [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--split TEST] [--threads 2] \
-        [--out f.json]
+        [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--folds 0,1,3,4] \
+        [--suite robustness | --suite white_20db,reverb] [--split TEST] [--threads 2] [--out f.json]
 
 A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
 one recipe) makes one column of their mean ± std. --loso takes a sweep of the six
 `data.fold` jobs (python train.py -m experiment=... data.fold=0,1,2,3,4,5) and reports their TEST mean and worst
 fold; with --loso-suite, each fold's checkpoint (its metrics.json's best_checkpoint) also goes under the suite on
-its held-out speaker (rows "LOSO <condition>": the mean over the folds, and the suite mean's worst fold). The voices
-come from `python -m sdr_lightning.data.voices` (their eval set: voices no recipe trains on).
+its held-out speaker (rows "LOSO <condition>": the mean over the folds, and the suite mean's worst fold; each fold's
+figures go to --out as "loso_folds"). --folds 0,1,3,4 keeps those folds only: the four whose held-out speaker is
+not a reference TEST speaker, where design decisions are made. --suite takes a suite's name or condition names,
+comma-separated (--suite white_20db,reverb). The voices come from `python -m sdr_lightning.data.voices` (their
+eval set: voices no recipe trains on).
 """
 
 from __future__ import annotations
@@ -52,7 +55,21 @@ def cell(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} (n={len(values)})"
 
 
-def score(checkpoint: Path, split: str, voices: Path | None, suite: str, data: Path) -> dict[str, float]:
+def parse_suite(text: str) -> str | list[str]:
+    """--suite: a suite's name, or condition names separated by commas; one clear error naming the unknown ones."""
+    suite = text if text in conditions.SUITES else [name.strip() for name in text.split(",") if name.strip()]
+    if not suite:
+        raise SystemExit(f"error: --suite {text!r} names no condition; give a suite ({', '.join(conditions.SUITES)}) "
+                         "or condition names")
+    try:
+        conditions.suite(suite)
+    except ValueError as error:
+        raise SystemExit(f"error: --suite {text}: {error}") from None
+    return suite
+
+
+def score(checkpoint: Path, split: str, voices: Path | None, suite: str | list[str], data: Path
+          ) -> dict[str, float]:
     run = load_for_inference(checkpoint, data_dir=str(data))
     datamodule = run_datamodule(run, data_dir=str(data))
     figures = {"clean": predict_split(run.model, datamodule, split).accuracy}
@@ -66,8 +83,8 @@ def score(checkpoint: Path, split: str, voices: Path | None, suite: str, data: P
     return figures
 
 
-def fold_jobs(sweep: Path) -> dict[str, tuple[Path, dict]]:
-    """The sweep's fold jobs: data.fold -> (job folder, its metrics.json)."""
+def fold_jobs(sweep: Path, folds: list[str] | None = None) -> dict[str, tuple[Path, dict]]:
+    """The sweep's fold jobs: data.fold -> (job folder, its metrics.json); only `folds` when given."""
     jobs = {}
     for metrics_file in sorted(sweep.glob("*/metrics.json")):
         overrides = metrics_file.parent / ".hydra" / "overrides.yaml"
@@ -76,30 +93,38 @@ def fold_jobs(sweep: Path) -> dict[str, tuple[Path, dict]]:
         jobs[fold] = (metrics_file.parent, json.loads(metrics_file.read_text()))
     if not jobs:
         raise SystemExit(f"error: no fold job with metrics.json under {sweep}")
+    if folds is not None:
+        missing = [fold for fold in folds if fold not in jobs]
+        if missing:
+            raise SystemExit(f"error: --folds {','.join(folds)}: {sweep} has no job for fold(s) {', '.join(missing)} "
+                             f"(it has {', '.join(sorted(jobs))})")
+        jobs = {fold: jobs[fold] for fold in folds}
     return jobs
 
 
-def loso(sweep: Path) -> dict[str, float]:
-    values = np.array([float(metrics["test/acc"]) for _, metrics in fold_jobs(sweep).values()])
+def loso(sweep: Path, folds: list[str] | None = None) -> dict[str, float]:
+    values = np.array([float(metrics["test/acc"]) for _, metrics in fold_jobs(sweep, folds).values()])
     return {"LOSO mean": float(values.mean()), "LOSO worst fold": float(values.min()), "LOSO folds": len(values)}
 
 
-def loso_suite(sweep: Path, suite: str, data: Path) -> dict[str, float]:
-    """Each fold's checkpoint, clean and under the suite, on its own TEST split: the speaker it held out."""
-    per_fold = []
-    for fold, (job, metrics) in fold_jobs(sweep).items():
+def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None
+               ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Each fold's checkpoint, clean and under the suite, on its own TEST split (the speaker it held out): the rows
+    (means over the folds) and each fold's figures."""
+    per_fold = {}
+    for fold, (job, metrics) in fold_jobs(sweep, folds).items():
         recorded = Path(str(metrics.get("best_checkpoint", "")))
         checkpoint = recorded if recorded.is_file() else job / "checkpoints" / recorded.name  # a moved sweep
         if not recorded.name or not checkpoint.is_file():
             raise SystemExit(f"error: fold {fold} ({job / 'metrics.json'}): its best_checkpoint {recorded} is not "
                              "there; --loso-suite needs the sweep's checkpoints (drop --loso-suite for the clean "
                              "figures alone)")
-        per_fold.append(score(checkpoint, "TEST", None, suite, data))
+        per_fold[fold] = score(checkpoint, "TEST", None, suite, data)
+    figures = list(per_fold.values())
     # clean is --loso's "LOSO mean" already
-    rows = {f"LOSO {key}": float(np.mean([figures[key] for figures in per_fold])) for key in per_fold[0]
-            if key != "clean"}
-    rows["LOSO suite mean, worst fold"] = float(min(figures["suite mean"] for figures in per_fold))
-    return rows
+    rows = {f"LOSO {key}": float(np.mean([each[key] for each in figures])) for key in figures[0] if key != "clean"}
+    rows["LOSO suite mean, worst fold"] = float(min(each["suite mean"] for each in figures))
+    return rows, per_fold
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,12 +135,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="also put each --loso fold's checkpoint under the suite, on its held-out speaker")
     parser.add_argument("--voices", type=Path, default=None, help="the espeak-ng eval set (default: .voices/eval)")
     parser.add_argument("--split", default="TEST")
-    parser.add_argument("--suite", default="robustness")
+    parser.add_argument("--suite", default="robustness",
+                        help="a suite's name, or condition names separated by commas (default: robustness)")
+    parser.add_argument("--folds", default=None,
+                        help="--loso: these data.fold values only, comma-separated (0,1,3,4: the decision folds)")
     parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
                         "(default: $SDR_DATA_DIR, ../shared/speech_data, speech_data)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    suite = parse_suite(args.suite)
+    folds = [fold.strip() for fold in args.folds.split(",") if fold.strip()] if args.folds else None
     configure(args.threads)
     voices = args.voices or (Path(".voices/eval") if Path(".voices/eval/SDR_metadata.tsv").is_file() else None)
     print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}\n",
@@ -123,12 +153,17 @@ def main(argv: list[str] | None = None) -> None:
     columns: dict[str, dict[str, list[float]]] = {}  # name -> row -> one value per run
     for name, checkpoints in named(args.checkpoints).items():
         for checkpoint in checkpoints:
-            figures = score(checkpoint, args.split.upper(), voices, args.suite, find_data(args.data))
+            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data))
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
+    loso_folds: dict[str, list[dict[str, dict[str, float]]]] = {}  # name -> one {fold: figures} per sweep
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
-            figures = loso(sweep) | (loso_suite(sweep, args.suite, find_data(args.data)) if args.loso_suite else {})
+            figures = loso(sweep, folds)
+            if args.loso_suite:
+                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds)
+                figures |= rows
+                loso_folds.setdefault(name, []).append(per_fold)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:
@@ -138,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     table = [[row, TARGETS.get(row, ""), *(cell(columns[c][row]) if row in columns[c] else "-" for c in columns)]
              for row in rows if row != "LOSO folds"]
     print("\n" + markdown_table(["condition", "target", *columns], table))
-    write_json(args.out, {"machine": machine(), "split": args.split, "columns": columns})
+    write_json(args.out, {"machine": machine(), "split": args.split, "columns": columns}
+               | ({"loso_folds": loso_folds} if loso_folds else {}))
 
 
 if __name__ == "__main__":

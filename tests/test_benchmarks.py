@@ -150,6 +150,19 @@ def test_robustness_loso_suite(cnn_run: dict, synthetic_data: Path, tmp_path: Pa
     assert column["LOSO telephone"] == [pytest.approx(scored["telephone"])]
     assert column["LOSO suite mean"] == column["LOSO suite mean, worst fold"] == [pytest.approx(scored["suite mean"])]
     assert "LOSO clean" not in column and column["LOSO mean"] == [0.5]
+    # condition names instead of a suite, and the decision folds only; each fold's figures in the JSON
+    robustness.main(["--suite", "telephone,quiet", "--folds", "1", "--data", str(synthetic_data), "--loso",
+                     f"tiny={sweep}", "--loso-suite", "--out", str(out)])
+    written = json.loads(out.read_text())
+    (folds,) = written["loso_folds"]["tiny"]
+    assert list(folds) == ["1"] and set(folds["1"]) == {"clean", "telephone", "quiet", "suite mean"}
+    assert folds["1"]["telephone"] == pytest.approx(scored["telephone"])
+    assert written["columns"]["tiny"]["LOSO folds"] == [1]
+    with pytest.raises(SystemExit, match=r"--folds 1,4: .* no job for fold\(s\) 4"):
+        robustness.main(["--suite", "small", "--folds", "1,4", "--data", str(synthetic_data), "--loso",
+                         f"tiny={sweep}"])
+    with pytest.raises(SystemExit, match=r"--suite quiet,hail: .*hail"):
+        robustness.main(["--suite", "quiet,hail", "--loso", f"tiny={sweep}"])
     (sweep / "1_data.fold-1" / "checkpoints" / checkpoint.name).unlink()
     with pytest.raises(SystemExit, match=r"fold 1 .*best_checkpoint .* is not there"):
         robustness.main(["--suite", "small", "--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-suite"])

@@ -158,6 +158,7 @@ def test_robust_cnn_voices_trains_on_the_espeak_voices_and_says_how_to_build_the
     assert min(cfg.model.augment.waveform.voice.semitones) < 0  # robust_cnn_speakers' shift both ways, kept
     assert cfg.callbacks.model_checkpoint.monitor is None
     assert cfg.model.encoder.fast_dropout  # the fourteenth round's cheaper dropout masks
+    assert cfg.model.augment.waveform.noise.p == 0.4 and cfg.model.featurizer.top_db == 50  # sixteenth round
     missing = tmp_path / "no_voices"
     says_how = rf"data.synthetic_voices={missing}: .*python -m sdr_lightning.data.voices --out"
     with pytest.raises(ConfigError, match=says_how):

@@ -57,6 +57,15 @@ def consistency_loss(first: Tensor, second: Tensor) -> Tensor:
                   + kl(log_mean, log_q, log_target=True, reduction="none").sum(-1)).mean()
 
 
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Knowledge distillation (Hinton et al., 2015): KL(teacher || student) between the two softened predictions,
+    times temperature^2 so its gradients keep their scale as the temperature changes; averaged over clips."""
+    log_student = (student / temperature).log_softmax(dim=-1)
+    log_teacher = (teacher / temperature).log_softmax(dim=-1)
+    kl = nn.functional.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
 def combine_members(logits: Tensor) -> Tensor:
     """(B, members, classes) logits of an ensemble head -> (B, classes) log of the members' mean probability;
     (B, classes) logits pass through."""
@@ -109,6 +118,11 @@ class DigitClassifier(pl.LightningModule):
     `consistency`: with an augmentation bank (data.augment_bank), each training clip comes as itself and as one of its
     augmented copies, and this weighs the Jensen-Shannon divergence between the two predictions (`consistency_loss`)
     beside both views' cross entropy; 0: none (one version per clip).
+    `teacher`: the checkpoint of a trained run whose predictions this one learns too (knowledge distillation): on every
+    training clip, labeled or not, `distill_weight` of the loss is `distillation_loss` against the teacher's
+    prediction on the same augmented features at `distill_temperature`, and the rest the cross entropy. The teacher
+    (any encoder; SimCLR's too) must have this run's featurizer. It is used in training only and never saved with
+    this model, so a distilled checkpoint loads and predicts on its own.
     """
 
     def __init__(
@@ -124,7 +138,15 @@ class DigitClassifier(pl.LightningModule):
         init_from: str | None = None,
         mixup: float = 0.0,
         consistency: float = 0.0,
+        teacher: str | None = None,
+        distill_weight: float = 0.5,
+        distill_temperature: float = 2.0,
     ) -> None:
+        if teacher and not 0.0 < distill_weight <= 1.0:
+            raise ConfigError(f"model.distill_weight={distill_weight}; with model.teacher set, use a weight in (0, 1] "
+                              "(the share of the loss that follows the teacher).")
+        if teacher and distill_temperature <= 0:
+            raise ConfigError(f"model.distill_temperature={distill_temperature}; use a temperature > 0, e.g. 2.")
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.featurizer = instantiate_part("model.featurizer", featurizer)
@@ -163,6 +185,51 @@ class DigitClassifier(pl.LightningModule):
         # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
         if stage == "fit" and self.hparams.get("init_from"):
             self.load_parts(self.hparams.init_from, ("encoder", "head"), key="model.init_from")
+        if stage == "fit" and self.hparams.get("teacher") and self.teacher is None:
+            self.load_teacher(self.hparams.teacher)
+
+    @property
+    def teacher(self) -> DigitClassifier | None:
+        """The distillation teacher, once loaded (`model.teacher`); kept outside the module tree, so it is neither
+        trained nor saved, and stays in eval mode."""
+        return self.__dict__.get("_teacher")
+
+    def load_teacher(self, path: str) -> None:
+        """Load `model.teacher` (a run's checkpoint, as eval.py loads one) and check that it reads these features."""
+        from sdr_lightning.tasks.checkpoint import load_for_inference  # tasks builds on models, not the reverse
+
+        try:
+            teacher = load_for_inference(path).model
+        except ConfigError as err:
+            raise ConfigError(f"model.teacher={path}: {err}") from err
+        mine, theirs = dict(self.hparams.featurizer), dict(teacher.hparams.featurizer)
+        differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differing:
+            raise ConfigError(
+                f"model.teacher={path}: its featurizer differs from this run's in {', '.join(differing)} "
+                f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differing)}). The teacher reads this "
+                "run's features, so train it with the same model.featurizer settings.")
+        teacher.requires_grad_(False)
+        self.__dict__["_teacher"] = teacher.to(self.device).eval()
+        log.info("Distilling from %s (%s, weight %.2f, temperature %.1f)", path, type(teacher.encoder).__name__,
+                 self.hparams.distill_weight, self.hparams.distill_temperature)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def with_distillation(self, loss: Tensor, logits: Tensor, views: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """In training with a teacher: (1 - w) * `loss` + w * the distillation loss of `logits` (B, classes), the
+        predictions on `views` (features, frames) in order, against the teacher's on the same views. Else `loss`."""
+        teacher = self.teacher
+        if teacher is None or not self.training:
+            return loss
+        with torch.no_grad():
+            targets = torch.cat([teacher.classify(teacher.encoder(features, frames)) for features, frames in views])
+        distill = distillation_loss(logits, targets, self.hparams.distill_temperature)
+        self.log("train/distill_loss", distill, on_step=False, on_epoch=True)
+        weight = self.hparams.distill_weight
+        return (1.0 - weight) * loss + weight * distill
 
     def load_parts(self, path: str, parts: Sequence[str], key: str) -> None:
         """Copy the named submodules' weights from a checkpoint (`key` names the setting in errors)."""
@@ -272,6 +339,7 @@ class DigitClassifier(pl.LightningModule):
             augmented_view, clean_view = outputs.chunk(2)
             loss = loss + self.hparams.consistency * consistency_loss(augmented_view, clean_view)
         logits = combine_members(outputs)
+        loss = self.with_distillation(loss, logits, [(features, frames)])
         self.update_metrics(metrics, loss_metric, logits, labels, loss)
         return loss
 

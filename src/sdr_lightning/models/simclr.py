@@ -94,6 +94,9 @@ class SimCLR(DigitClassifier):
                               "the encoder; set contrastive_weight > 0 (SimCLR) or supervised_weight > 0 (supervised).")
         if temperature <= 0:
             raise ConfigError(f"model.temperature={temperature}; NT-Xent needs a temperature > 0, e.g. 0.5.")
+        if kwargs.get("teacher") and supervised_weight == 0:
+            raise ConfigError("model.teacher is set but model.supervised_weight=0: the head is a detached probe, so "
+                              "nothing would learn from the teacher; set supervised_weight > 0, or teacher=null.")
         super().__init__(featurizer, encoder, optimizer, scheduler, augment, **kwargs)
         self.view = SpecAugment(**views) if views else None  # null: the model's augmentations alone
         self.embedding_std = MeanMetric()
@@ -116,11 +119,13 @@ class SimCLR(DigitClassifier):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         hp = self.hparams
         labels = batch["label"]
-        h1 = self.encoder(*self.contrastive_view(batch))
+        views = [self.contrastive_view(batch)]
+        h1 = self.encoder(*views[0])
         hidden, targets = h1, labels
         loss = h1.new_zeros(())
         if hp.contrastive_weight > 0:
-            h2 = self.encoder(*self.contrastive_view(batch))
+            views.append(self.contrastive_view(batch))
+            h2 = self.encoder(*views[1])
             contrastive = nt_xent(self.projector(h1), self.projector(h2), hp.temperature)
             loss = loss + hp.contrastive_weight * contrastive
             self.log("train/contrastive_loss", contrastive, on_step=False, on_epoch=True, prog_bar=True)
@@ -129,7 +134,9 @@ class SimCLR(DigitClassifier):
         # Joint: gradient into the encoder. Otherwise an online probe: no gradient reaches the encoder.
         logits = self.head(hidden if self.joint else hidden.detach())
         supervised = self.supervised_loss(logits, targets)
-        loss = loss + (hp.supervised_weight if self.joint else 1.0) * supervised
+        # With model.teacher (joint or supervised): the head's predictions also follow the teacher's on every clip
+        supervised_part = self.with_distillation(supervised, logits, views) if self.joint else supervised
+        loss = loss + (hp.supervised_weight if self.joint else 1.0) * supervised_part
         self.update_metrics(self.train_metrics, self.train_loss, logits, targets, supervised)
         self.embedding_std.update(embedding_spread(h1), weight=len(h1))
         self.log("train/embedding_std", self.embedding_std, on_step=False, on_epoch=True)

@@ -194,3 +194,18 @@ def test_consistency_step_adds_the_divergence_between_a_clip_and_its_copy(make_c
     torch.testing.assert_close(model._step(batch, model.val_metrics, model.val_loss),
                                model.supervised_loss(model.head(model.encoder(batch["features"], frames)),
                                                      batch["label"]))
+
+
+def test_vit_conv_stem_sees_only_each_clips_own_frames(make_cfg) -> None:
+    cfg = make_cfg("model=vit", "model.encoder.stem_layers=2", "model.encoder.stem_channels=32")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").eval()
+    assert len(model.encoder.stem) == 2
+    test_padding_does_not_change_a_clips_prediction(model)
+    plain = instantiate(make_cfg("model=vit").model, _recursive_=False, _convert_="all")
+    assert len(plain.encoder.stem) == 0  # the default has no stem: earlier checkpoints load as they were
+    from sdr_lightning.config import instantiate_part
+    from sdr_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stem_layers=2: use 0"):
+        instantiate_part("model", make_cfg("model=vit", "model.encoder.stem_layers=2",
+                                           "model.encoder.patch_freq=8").model, _recursive_=False)

@@ -1,5 +1,9 @@
 """Audio spectrogram transformer: patch embedding, class token, pre-norm encoder, any clip length.
 
+`stem_layers` > 0 puts a convolutional stem in front of the patches (a hybrid, as ViT's own hybrid and "early
+convolutions", Xiao et al. 2021): that many 1-D convolutions (kernel 3, batch norm, GELU) over time across the Mel
+bins, each seeing only the clip's own frames, then patches of `patch_time` frames of the stem's output.
+
 Positions along time are sinusoidal and computed for the length at hand (the seed study's fixed
 150-entry table capped the input length); positions along frequency are learned (their count is fixed).
 """
@@ -35,11 +39,24 @@ class SpectrogramTransformer(nn.Module):
         mlp_dim: int = 256,
         dropout: float = 0.1,
         pool: str = "cls",
+        stem_layers: int = 0,
+        stem_channels: int = 128,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"model.encoder.pool={pool!r}; use 'cls' or 'mean'.")
         patch_freq = min(patch_freq or n_mels, n_mels)
+        if stem_layers < 0 or (stem_layers and patch_freq != n_mels):
+            raise ValueError(f"model.encoder.stem_layers={stem_layers}: use 0 (no stem), or > 0 with patches that span "
+                             "every Mel bin (patch_freq=null), since the stem mixes the bins.")
+        self.stem = nn.ModuleList()
+        channels = n_mels
+        for _ in range(stem_layers):
+            self.stem.append(nn.Sequential(nn.Conv1d(channels, stem_channels, 3, padding=1),
+                                           nn.BatchNorm1d(stem_channels), nn.GELU()))
+            channels = stem_channels
+        if stem_layers:  # the stem's channels become the "frequency" axis of one patch row
+            n_mels = patch_freq = channels
         self.patch_time, self.stride_time = patch_time, stride_time or patch_time
         stride_freq = stride_freq or patch_freq
         self.patch = nn.Conv2d(1, dim, (patch_freq, patch_time), stride=(stride_freq, self.stride_time))
@@ -55,6 +72,11 @@ class SpectrogramTransformer(nn.Module):
         self.output_dim = dim
 
     def forward(self, features: Tensor, frames: Tensor) -> Tensor:
+        if len(self.stem):
+            valid = (torch.arange(features.shape[-1], device=features.device)[None, :] < frames[:, None])[:, None]
+            features = features * valid
+            for layer in self.stem:  # padding frames are zeroed before each layer: a clip sees only its own frames
+                features = layer(features) * valid
         if features.shape[-1] < self.patch_time:
             features = nn.functional.pad(features, (0, self.patch_time - features.shape[-1]))
         patches = self.patch(features[:, None])  # (B, D, Fp, Tp)

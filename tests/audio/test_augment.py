@@ -21,6 +21,7 @@ from sdr_lightning.audio.augment import (
     MuLaw,
     PitchShift,
     Reverb,
+    RoomTonePauses,
     SpecAugment,
     SpeedPerturb,
     TimeCrop,
@@ -52,6 +53,7 @@ WAVEFORM = {
     "reverb": lambda: Reverb(p=1.0),
     "clipping": lambda: Clipping(min_drive=2.0, p=1.0),
     "voice": lambda: VoiceShift(semitones=[4], formant_factors=[1.1], p=1.0),
+    "pauses": lambda: RoomTonePauses(p=1.0),
 }
 SPECTROGRAM = {
     "specaugment": lambda: SpecAugment(),
@@ -155,6 +157,25 @@ def test_noise_hits_the_requested_snr_over_valid_samples(color: str) -> None:
         noise = noisy[:n] - clean[:n]
         snr = 10 * torch.log10(clean[:n].square().mean() / noise.square().mean())
         assert snr.item() == pytest.approx(12.0, abs=0.05)
+
+
+def test_pauses_put_each_clip_between_pauses_over_room_tone_as_the_condition_does() -> None:
+    x, lengths = waveform_batch()
+    torch.manual_seed(1)
+    y, new_lengths = RoomTonePauses(max_pause_s=0.25, min_level_db=-40, max_level_db=-40, p=1.0).train()(x, lengths)
+    added = new_lengths - lengths
+    assert (added > 0).all() and (added <= 2 * 0.25 * SAMPLE_RATE).all()
+    for i, n in enumerate(lengths.tolist()):  # the speech is there, shifted, under a tone 40 dB down
+        clip = y[i, : new_lengths[i]]
+        best = max(range(int(added[i]) + 1), key=lambda k: float(clip[k:k + n] @ x[i, :n]))
+        residual = clip[best:best + n] - x[i, :n]
+        tone_db = 10 * math.log10(float(residual.square().mean()) / float(x[i, :n].square().mean()))
+        assert tone_db == pytest.approx(-40, abs=3)
+    torch.manual_seed(1)
+    none = RoomTonePauses(p=0.0).train()(x, lengths)
+    assert torch.equal(none[0], x) and torch.equal(none[1], lengths)
+    with pytest.raises(ConfigError, match=r"RoomTonePauses: \[min_level_db, max_level_db\]"):
+        RoomTonePauses(min_level_db=-20, max_level_db=-40)
 
 
 def test_circular_shift_keeps_every_sample() -> None:

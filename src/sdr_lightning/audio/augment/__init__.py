@@ -27,11 +27,12 @@ from sdr_lightning.audio.augment.waveform import (
     MuLaw,
     PitchShift,
     Reverb,
+    RoomTonePauses,
     SpeedPerturb,
     TimeShift,
     VoiceShift,
 )
 
 __all__ = ["AddNoise", "Augmentation", "AugmentationPipeline", "BabbleNoise", "BandLimit", "Clipping", "Fade",
-           "FilterAugment", "FreqWarp", "Gain", "MuLaw", "PitchShift", "Reverb", "SpecAugment", "SpeedPerturb",
-           "TimeCrop", "TimeShift", "TimeStretch", "TimeWarp", "VoiceShift"]
+           "FilterAugment", "FreqWarp", "Gain", "MuLaw", "PitchShift", "Reverb", "RoomTonePauses", "SpecAugment",
+           "SpeedPerturb", "TimeCrop", "TimeShift", "TimeStretch", "TimeWarp", "VoiceShift"]

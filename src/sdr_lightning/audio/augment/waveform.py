@@ -349,6 +349,39 @@ class Clipping(Augmentation):
         return torch.where(drawn[:, None], clipped, waveform), lengths
 
 
+class RoomTonePauses(Augmentation):
+    """A recording started early and stopped late: each drawn clip gets a pause of up to `max_pause_s` before and after
+    (each drawn apart), with room tone (pink noise) `level_db` below the clip's own power, from [min_level_db,
+    max_level_db], under the pauses and the speech alike (corrupt.pad_with_room_tone, the `pauses` condition's code)."""
+
+    def __init__(self, max_pause_s: float = 0.5, min_level_db: float = -50.0, max_level_db: float = -30.0,
+                 sample_rate: int = 8000, p: float = 0.2) -> None:
+        super().__init__(p)
+        check_range("RoomTonePauses: [0, max_pause_s]", 0.0, max_pause_s)
+        check_range("RoomTonePauses: [min_level_db, max_level_db]", min_level_db, max_level_db)
+        self.max_pause_s, self.min_level_db, self.max_level_db = max_pause_s, min_level_db, max_level_db
+        self.sample_rate = int(sample_rate)
+
+    def augment(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, device = len(waveform), waveform.device
+        drawn = self.drawn(batch, device)
+        pauses = uniform(0.0, self.max_pause_s, 2 * batch, device).reshape(batch, 2)
+        level = uniform(self.min_level_db, self.max_level_db, batch, device)
+        rows = torch.nonzero(drawn).squeeze(1).tolist()
+        if not rows:
+            return waveform, lengths
+        padded, new_lengths = {}, lengths.clone()
+        for row in rows:  # pause lengths differ per clip, so one call each
+            n = lengths[row:row + 1]
+            out, out_n = corrupt.pad_with_room_tone(waveform[row:row + 1, :int(n)], n, self.sample_rate,
+                                                    float(pauses[row, 0]), float(pauses[row, 1]), level[row:row + 1])
+            padded[row], new_lengths[row] = out[0], out_n[0]
+        out = fit_width(waveform, int(new_lengths.max()))
+        for row, clip in padded.items():
+            out[row] = fit_width(clip[None], out.shape[-1])[0]
+        return out * lengths_to_mask(new_lengths, out.shape[-1]), new_lengths
+
+
 class VoiceShift(Augmentation):
     """Other voices from each clip: pitch shifted by a step from `semitones` and formants scaled by a factor from
     `formant_factors`, independently (corrupt.shift_voice; above 1: a higher voice, a shorter vocal tract). One

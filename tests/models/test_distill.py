@@ -31,9 +31,9 @@ def test_a_student_learns_the_teachers_predictions_on_unlabeled_clips(make_cfg, 
     teacher_ckpt = cnn_run["best_checkpoint"]
     student = build(make_cfg, "model=vit", f"model.teacher={teacher_ckpt}", "model.distill_weight=0.7",
                     "model.distill_temperature=3")
-    assert student.teacher is None  # loaded when fit starts, not when the model is built (eval never loads it)
+    assert student.teachers == ()  # loaded when fit starts, not when the model is built (eval never loads it)
     student.setup("fit")
-    teacher = student.teacher
+    (teacher,) = student.teachers
     assert type(teacher.encoder).__name__ == "TemporalCNN" and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
     assert not any(k.startswith("_teacher") or "teacher." in k for k in student.state_dict())  # never saved
@@ -69,9 +69,43 @@ def test_a_distilled_run_trains_and_its_checkpoint_stands_alone(make_cfg, cnn_ru
     Path(cnn_run["best_checkpoint"]).rename(tmp_path / "moved.ckpt")  # the teacher gone: the student still loads
     try:
         run = load_checkpoint(ckpt)
-        assert run.model.teacher is None and run.model.hparams.teacher
+        assert run.model.teachers == () and run.model.hparams.teacher
     finally:
         (tmp_path / "moved.ckpt").rename(cnn_run["best_checkpoint"])
+
+
+def test_several_teachers_teach_their_averaged_probabilities(make_cfg, cnn_run: dict) -> None:
+    two = torch.tensor([[[2.0, 0.0, -1.0]], [[-1.0, 0.0, 3.0]]])  # two teachers, one clip
+    mean = 2 * (two / 2).softmax(-1).mean(0).log()  # logits whose softened prediction is the teachers' mean
+    student = torch.tensor([[0.5, 0.2, 0.1]])
+    averaged = float(distillation_loss(student, mean, 2.0))
+    assert float(distillation_loss(student, two, 2.0)) == pytest.approx(averaged, rel=1e-4)
+
+    first = Path(cnn_run["best_checkpoint"])
+    second = first.with_name("halved.ckpt")  # a second teacher in the same run folder: its weights halved
+    state = torch.load(first, map_location="cpu", weights_only=True)
+    state["state_dict"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, second)
+    try:
+        student = build(make_cfg, "model=vit", f"model.teacher=[{first},{second}]")
+        student.setup("fit")
+    finally:
+        second.unlink()
+    assert len(student.teachers) == 2
+    student.train()
+    batch = variable_length_batch()
+    torch.manual_seed(4)
+    loss = student._step(batch, student.train_metrics, student.train_loss)
+    torch.manual_seed(4)
+    features, frames = student.augmented_features(batch)
+    logits = student.classify(student.encoder(features, frames))
+    with torch.no_grad():
+        targets = torch.stack([t.classify(t.encoder(features, frames)) for t in student.teachers])
+    assert not torch.allclose(targets[0], targets[1])  # two different teachers
+    expected = 0.5 * student.supervised_loss(logits, batch["label"]) + 0.5 * distillation_loss(logits, targets, 2.0)
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ConfigError, match=r"model.teacher=/nowhere.ckpt: .*no such checkpoint"):
+        build(make_cfg, "model=cnn", f"model.teacher=[{first},/nowhere.ckpt]").setup("fit")
 
 
 def test_simclr_distils_into_its_trained_head(make_cfg, cnn_run: dict) -> None:

@@ -59,9 +59,13 @@ def consistency_loss(first: Tensor, second: Tensor) -> Tensor:
 
 def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """Knowledge distillation (Hinton et al., 2015): KL(teacher || student) between the two softened predictions,
-    times temperature^2 so its gradients keep their scale as the temperature changes; averaged over clips."""
+    times temperature^2 so its gradients keep their scale as the temperature changes; averaged over clips.
+    `student`: (B, classes) logits. `teacher`: (B, classes), or (teachers, B, classes) for several teachers, whose
+    softened probabilities are averaged (an ensemble's prediction, as Hinton et al. distil one)."""
     log_student = (student / temperature).log_softmax(dim=-1)
     log_teacher = (teacher / temperature).log_softmax(dim=-1)
+    if log_teacher.dim() == 3:
+        log_teacher = log_teacher.logsumexp(dim=0) - math.log(log_teacher.shape[0])
     kl = nn.functional.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
     return kl * temperature**2
 
@@ -118,11 +122,12 @@ class DigitClassifier(pl.LightningModule):
     `consistency`: with an augmentation bank (data.augment_bank), each training clip comes as itself and as one of its
     augmented copies, and this weighs the Jensen-Shannon divergence between the two predictions (`consistency_loss`)
     beside both views' cross entropy; 0: none (one version per clip).
-    `teacher`: the checkpoint of a trained run whose predictions this one learns too (knowledge distillation): on every
-    training clip, labeled or not, `distill_weight` of the loss is `distillation_loss` against the teacher's
-    prediction on the same augmented features at `distill_temperature`, and the rest the cross entropy. The teacher
-    (any encoder; SimCLR's too) must have this run's featurizer. It is used in training only and never saved with
-    this model, so a distilled checkpoint loads and predicts on its own.
+    `teacher`: the checkpoint of a trained run whose predictions this one learns too (knowledge distillation), or a
+    list of them (an ensemble: their softened probabilities averaged): on every training clip, labeled or not,
+    `distill_weight` of the loss is `distillation_loss` against the teachers' prediction on the same augmented
+    features at `distill_temperature`, and the rest the cross entropy. A teacher (any encoder; SimCLR's too) must have
+    this run's featurizer. Teachers are used in training only and never saved with this model, so a distilled
+    checkpoint loads and predicts on its own.
     """
 
     def __init__(
@@ -138,7 +143,7 @@ class DigitClassifier(pl.LightningModule):
         init_from: str | None = None,
         mixup: float = 0.0,
         consistency: float = 0.0,
-        teacher: str | None = None,
+        teacher: str | Sequence[str] | None = None,
         distill_weight: float = 0.5,
         distill_temperature: float = 2.0,
     ) -> None:
@@ -185,48 +190,56 @@ class DigitClassifier(pl.LightningModule):
         # Before Lightning restores a checkpoint (resuming), so a resumed run keeps its own weights.
         if stage == "fit" and self.hparams.get("init_from"):
             self.load_parts(self.hparams.init_from, ("encoder", "head"), key="model.init_from")
-        if stage == "fit" and self.hparams.get("teacher") and self.teacher is None:
-            self.load_teacher(self.hparams.teacher)
+        if stage == "fit" and self.hparams.get("teacher") and not self.teachers:
+            self.load_teachers(self.hparams.teacher)
 
     @property
-    def teacher(self) -> DigitClassifier | None:
-        """The distillation teacher, once loaded (`model.teacher`); kept outside the module tree, so it is neither
-        trained nor saved, and stays in eval mode."""
-        return self.__dict__.get("_teacher")
+    def teachers(self) -> tuple[DigitClassifier, ...]:
+        """The distillation teachers, once loaded (`model.teacher`); kept outside the module tree, so they are neither
+        trained nor saved, and stay in eval mode."""
+        return self.__dict__.get("_teachers", ())
 
-    def load_teacher(self, path: str) -> None:
-        """Load `model.teacher` (a run's checkpoint, as eval.py loads one) and check that it reads these features."""
+    def load_teachers(self, paths: str | Sequence[str]) -> None:
+        """Load `model.teacher` (one or several runs' checkpoints, as eval.py loads one) and check that each reads
+        these features."""
         from sdr_lightning.tasks.checkpoint import load_for_inference  # tasks builds on models, not the reverse
 
-        try:
-            teacher = load_for_inference(path).model
-        except ConfigError as err:
-            raise ConfigError(f"model.teacher={path}: {err}") from err
-        mine, theirs = dict(self.hparams.featurizer), dict(teacher.hparams.featurizer)
-        differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-        if differing:
-            raise ConfigError(
-                f"model.teacher={path}: its featurizer differs from this run's in {', '.join(differing)} "
-                f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differing)}). The teacher reads this "
-                "run's features, so train it with the same model.featurizer settings.")
-        teacher.requires_grad_(False)
-        self.__dict__["_teacher"] = teacher.to(self.device).eval()
-        log.info("Distilling from %s (%s, weight %.2f, temperature %.1f)", path, type(teacher.encoder).__name__,
-                 self.hparams.distill_weight, self.hparams.distill_temperature)
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        teachers = []
+        for path in paths:
+            try:
+                teacher = load_for_inference(path).model
+            except ConfigError as err:
+                raise ConfigError(f"model.teacher={path}: {err}") from err
+            mine, theirs = dict(self.hparams.featurizer), dict(teacher.hparams.featurizer)
+            differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            if differing:
+                raise ConfigError(
+                    f"model.teacher={path}: its featurizer differs from this run's in {', '.join(differing)} "
+                    f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differing)}). A teacher reads "
+                    "this run's features, so train it with the same model.featurizer settings.")
+            teacher.requires_grad_(False)
+            teachers.append(teacher.to(self.device).eval())
+        self.__dict__["_teachers"] = tuple(teachers)
+        log.info("Distilling from %s (%s, weight %.2f, temperature %.1f)", ", ".join(paths),
+                 ", ".join(type(t.encoder).__name__ for t in teachers), self.hparams.distill_weight,
+                 self.hparams.distill_temperature)
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
-            self.teacher.to(self.device)
+        for teacher in self.teachers:
+            teacher.to(self.device)
 
     def with_distillation(self, loss: Tensor, logits: Tensor, views: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-        """In training with a teacher: (1 - w) * `loss` + w * the distillation loss of `logits` (B, classes), the
-        predictions on `views` (features, frames) in order, against the teacher's on the same views. Else `loss`."""
-        teacher = self.teacher
-        if teacher is None or not self.training:
+        """In training with teachers: (1 - w) * `loss` + w * the distillation loss of `logits` (B, classes), the
+        predictions on `views` (features, frames) in order, against the teachers' on the same views. Else `loss`."""
+        if not self.teachers or not self.training:
             return loss
         with torch.no_grad():
-            targets = torch.cat([teacher.classify(teacher.encoder(features, frames)) for features, frames in views])
-        distill = distillation_loss(logits, targets, self.hparams.distill_temperature)
+            targets = torch.stack([
+                torch.cat([teacher.classify(teacher.encoder(features, frames)) for features, frames in views])
+                for teacher in self.teachers])
+        distill = distillation_loss(logits, targets if len(targets) > 1 else targets[0],
+                                    self.hparams.distill_temperature)
         self.log("train/distill_loss", distill, on_step=False, on_epoch=True)
         weight = self.hparams.distill_weight
         return (1.0 - weight) * loss + weight * distill

@@ -27,6 +27,19 @@ def build(make_cfg, *overrides: str):
     return instantiate_part("model", make_cfg(*overrides).model, _recursive_=False)
 
 
+def step_and_replay(student, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training step's loss, then, with the same augmentation draw, the student's logits and each teacher's
+    (teachers, B, classes) on those features: what the loss should have been computed from."""
+    torch.manual_seed(4)
+    loss = student._step(batch, student.train_metrics, student.train_loss)
+    torch.manual_seed(4)
+    features, frames = student.augmented_features(batch)
+    logits = student.classify(student.encoder(features, frames))
+    with torch.no_grad():
+        targets = torch.stack([t.classify(t.encoder(features, frames)) for t in student.teachers])
+    return loss, logits, targets
+
+
 def test_a_student_learns_the_teachers_predictions_on_unlabeled_clips(make_cfg, cnn_run: dict) -> None:
     teacher_ckpt = cnn_run["best_checkpoint"]
     student = build(make_cfg, "model=vit", f"model.teacher={teacher_ckpt}", "model.distill_weight=0.7",
@@ -40,13 +53,7 @@ def test_a_student_learns_the_teachers_predictions_on_unlabeled_clips(make_cfg, 
     student.train()
     batch = variable_length_batch()
     batch["label"] = torch.tensor([1, -1, -1, 2])  # two unlabeled clips: only the teacher speaks for them
-    torch.manual_seed(4)
-    loss = student._step(batch, student.train_metrics, student.train_loss)
-    torch.manual_seed(4)
-    features, frames = student.augmented_features(batch)
-    logits = student.classify(student.encoder(features, frames))
-    with torch.no_grad():
-        targets = teacher.classify(teacher.encoder(features, frames))
+    loss, logits, (targets,) = step_and_replay(student, batch)
     cross_entropy = student.supervised_loss(logits, batch["label"])
     expected = 0.3 * cross_entropy + 0.7 * distillation_loss(logits, targets, 3.0)
     torch.testing.assert_close(loss, expected)
@@ -94,13 +101,7 @@ def test_several_teachers_teach_their_averaged_probabilities(make_cfg, cnn_run: 
     assert len(student.teachers) == 2
     student.train()
     batch = variable_length_batch()
-    torch.manual_seed(4)
-    loss = student._step(batch, student.train_metrics, student.train_loss)
-    torch.manual_seed(4)
-    features, frames = student.augmented_features(batch)
-    logits = student.classify(student.encoder(features, frames))
-    with torch.no_grad():
-        targets = torch.stack([t.classify(t.encoder(features, frames)) for t in student.teachers])
+    loss, logits, targets = step_and_replay(student, batch)
     assert not torch.allclose(targets[0], targets[1])  # two different teachers
     expected = 0.5 * student.supervised_loss(logits, batch["label"]) + 0.5 * distillation_loss(logits, targets, 2.0)
     torch.testing.assert_close(loss, expected)

@@ -238,8 +238,7 @@ class DigitClassifier(pl.LightningModule):
             targets = torch.stack([
                 torch.cat([teacher.classify(teacher.encoder(features, frames)) for features, frames in views])
                 for teacher in self.teachers])
-        distill = distillation_loss(logits, targets if len(targets) > 1 else targets[0],
-                                    self.hparams.distill_temperature)
+        distill = distillation_loss(logits, targets, self.hparams.distill_temperature)
         self.log("train/distill_loss", distill, on_step=False, on_epoch=True)
         weight = self.hparams.distill_weight
         return (1.0 - weight) * loss + weight * distill

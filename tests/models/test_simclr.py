@@ -122,56 +122,6 @@ def test_bad_weights_are_config_errors(make_cfg) -> None:
         build(make_cfg("model=simclr", "model.supervised_weight=0", "model.contrastive_weight=0"))
 
 
-# ---- FixMatch pseudo-labels (model.pseudo_label_threshold) ----
-
-def test_confident_guesses_on_clean_clips_label_the_unlabeled_views(make_cfg) -> None:
-    module = build_model(make_cfg, "model.supervised_weight=1", "model.pseudo_label_threshold=0.5").train()
-    module.log = lambda *args, **kwargs: None
-    batch = waveform_batch([1, UNLABELED, 2, UNLABELED])
-    module.eval()
-    with torch.no_grad():
-        clean = module.classify(module.encoder(*module.featurizer(batch["waveform"], batch["lengths"]))).softmax(-1)
-    module.train()
-    confidence, guess = clean.max(-1)
-    logits = torch.randn(8, 10)  # two views of the four clips, in view order
-    for threshold in (0.0001, float(confidence[1]), 0.9999):  # both guesses kept, the second clip's only, none
-        module.hparams.pseudo_label_threshold = threshold
-        kept = [i for i in (1, 3) if confidence[i] >= threshold]
-        rows = [i + view * 4 for view in (0, 1) for i in kept]
-        expected = (module.criterion(logits[rows], guess[[r % 4 for r in rows]]) * len(kept) / 2 if kept
-                    else torch.tensor(0.0))
-        torch.testing.assert_close(module.pseudo_label_loss(batch, logits), expected)
-        assert module.training and module.encoder.training  # the guess in eval mode leaves training mode on
-    labeled_only = waveform_batch([1, 2, 3, 4])
-    assert module.pseudo_label_loss(labeled_only, logits) == 0
-
-
-def test_pseudo_labels_reach_the_training_loss(make_cfg) -> None:
-    module = build_model(make_cfg, "model.supervised_weight=1", "model.contrastive_weight=0").train()
-    module.log = module.log_dict = lambda *args, **kwargs: None
-    batch = waveform_batch([1, UNLABELED, UNLABELED, UNLABELED])
-    torch.manual_seed(3)
-    plain = module.training_step(batch, 0)
-    module.hparams.pseudo_label_threshold, module.hparams.pseudo_label_weight = 0.0001, 2.0
-    torch.manual_seed(3)
-    with_guesses = module.training_step(batch, 0)
-    torch.manual_seed(3)
-    logits = module.classify(module.encoder(*module.contrastive_view(batch)))
-    torch.testing.assert_close(with_guesses, plain + 2.0 * module.pseudo_label_loss(batch, logits))
-    assert with_guesses > plain
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["model.pseudo_label_threshold=1.5"], "pseudo_label_threshold=1.5"),
-    (["model.pseudo_label_threshold=0.8", "model.supervised_weight=0"], "detached probe"),
-    (["model.pseudo_label_threshold=0.8", "model.supervised_weight=1", "model.pseudo_label_weight=0"],
-     "pseudo_label_weight=0"),
-])
-def test_bad_pseudo_label_settings_are_config_errors(make_cfg, overrides: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        build(make_cfg("model=simclr", *overrides))
-
-
 def test_embedding_spread_detects_collapse() -> None:
     torch.manual_seed(0)
     assert embedding_spread(torch.randn(256, 64)).item() == pytest.approx(1.0, abs=0.05)

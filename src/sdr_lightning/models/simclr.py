@@ -14,11 +14,6 @@ only the labeled ones (unlabeled clips carry label -1). Three ways to use the la
 - `contrastive_weight: 0` with `supervised_weight > 0`: plain supervised training of the same encoder on the
   same views (the baseline to compare with); `pretrained=<SimCLR checkpoint>` makes it a fine-tune.
 
-`pseudo_label_threshold` (with `supervised_weight > 0`) adds FixMatch's pseudo-labels (Sohn et al., 2020): the model
-guesses each unlabeled clip's digit from its clean features (eval mode, no gradient), and where that guess is at least
-this confident it is the label of the clip's augmented views too, in a cross entropy averaged over the batch's
-unlabeled clips and weighed by `pseudo_label_weight`.
-
 With `refit_probe` (the default), validate/test after fit refit the head as a logistic regression on frozen
 embeddings of the labeled TRAIN clips, so the reported accuracy is a true linear probe of the encoder;
 `refit_probe: false` evaluates the trained head as it is (for joint or supervised training).
@@ -89,8 +84,6 @@ class SimCLR(DigitClassifier):
         contrastive_weight: float = 1.0,
         refit_probe: bool = True,
         pretrained: str | None = None,
-        pseudo_label_threshold: float | None = None,
-        pseudo_label_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         for key, value in (("supervised_weight", supervised_weight), ("contrastive_weight", contrastive_weight)):
@@ -104,15 +97,6 @@ class SimCLR(DigitClassifier):
         if kwargs.get("teacher") and supervised_weight == 0:
             raise ConfigError("model.teacher is set but model.supervised_weight=0: the head is a detached probe, so "
                               "nothing would learn from the teacher; set supervised_weight > 0, or teacher=null.")
-        if pseudo_label_threshold is not None:
-            if not 0.0 < pseudo_label_threshold < 1.0:
-                raise ConfigError(f"model.pseudo_label_threshold={pseudo_label_threshold}; use a confidence in (0, 1), "
-                                  "e.g. 0.8, or null for no pseudo-labels.")
-            if supervised_weight == 0:
-                raise ConfigError("model.pseudo_label_threshold is set but model.supervised_weight=0: the head is a "
-                                  "detached probe, so pseudo-labels would train nothing; set supervised_weight > 0.")
-            if pseudo_label_weight <= 0:
-                raise ConfigError(f"model.pseudo_label_weight={pseudo_label_weight}; use a weight > 0.")
         super().__init__(featurizer, encoder, optimizer, scheduler, augment, **kwargs)
         self.view = SpecAugment(**views) if views else None  # null: the model's augmentations alone
         self.embedding_std = MeanMetric()
@@ -153,8 +137,6 @@ class SimCLR(DigitClassifier):
         # With model.teacher (joint or supervised): the head's predictions also follow the teacher's on every clip
         supervised_part = self.with_distillation(supervised, logits, views) if self.joint else supervised
         loss = loss + (hp.supervised_weight if self.joint else 1.0) * supervised_part
-        if hp.get("pseudo_label_threshold") is not None:
-            loss = loss + hp.pseudo_label_weight * self.pseudo_label_loss(batch, logits)
         self.update_metrics(self.train_metrics, self.train_loss, logits, targets, supervised)
         self.embedding_std.update(embedding_spread(h1), weight=len(h1))
         self.log("train/embedding_std", self.embedding_std, on_step=False, on_epoch=True)
@@ -162,27 +144,6 @@ class SimCLR(DigitClassifier):
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def pseudo_label_loss(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
-        """FixMatch's unlabeled loss: `logits` are the views' (views * B, classes) predictions, in view order; each
-        unlabeled clip whose clean-feature guess reaches the threshold is their target. Averaged over unlabeled
-        clips."""
-        unlabeled = batch["label"] == UNLABELED
-        if not unlabeled.any():
-            return logits.sum() * 0.0
-        with torch.no_grad():
-            was_training = self.training
-            self.eval()  # the guess the model would make at inference: no dropout, batch-norm running statistics
-            confidence, guess = self.classify(self.encoder(*self.batch_features(batch))).softmax(-1).max(-1)
-            self.train(was_training)
-        kept = unlabeled & (confidence >= self.hparams.pseudo_label_threshold)
-        self.log("train/pseudo_label_share", kept.sum() / unlabeled.sum(), on_step=False, on_epoch=True)
-        views = len(logits) // len(kept)
-        targets = torch.where(kept, guess, UNLABELED).repeat(views)
-        if not kept.any():
-            return logits.sum() * 0.0
-        loss = self.criterion(logits[targets != UNLABELED], targets[targets != UNLABELED])
-        return loss * kept.sum() / unlabeled.sum()
 
     def on_train_epoch_end(self) -> None:
         spread = float(self.embedding_std.compute())  # before Lightning resets it for the next epoch
@@ -199,10 +160,6 @@ class SimCLR(DigitClassifier):
             self.load_pretrained(self.hparams.pretrained)
         # self._trainer: setup() may be called by hand, with no Trainer attached.
         bank = getattr(getattr(self._trainer, "datamodule", None), "hparams", {}).get("augment_bank", 0)
-        if stage == "fit" and bank and self.hparams.get("pseudo_label_threshold") is not None:
-            raise ConfigError(f"model.pseudo_label_threshold is set with data.augment_bank={bank}: pseudo-labels are "
-                              "guessed on each clip's clean features, and a bank's batches hold augmented copies. "
-                              "Set data.augment_bank=0.")
         if stage == "fit" and bank and self.hparams.contrastive_weight > 0 and self.needs_waveforms:
             log.warning("data.augment_bank=%d: a batch holds one copy of each clip, so SimCLR's two views share its "
                         "waveform augmentations and differ only in the spectrogram ones. Set data.augment_bank=0 for "

@@ -40,7 +40,21 @@ def test_a_small_set_is_laid_out_like_fsdd(espeak_ng: str, tmp_path: Path) -> No
 def test_the_eval_and_train_voices_are_disjoint() -> None:
     assert not set(voices.VARIANTS["eval"]) & set(voices.VARIANTS["train"])
     for which in ("eval", "train"):
-        assert {v[0] for v in voices.VARIANTS[which]} == {"m", "f"}  # male and female in each
+        assert {v in voices.FEMALE_VARIANTS for v in voices.VARIANTS[which]} == {True, False}  # women and men in each
+
+
+def test_the_train_set_has_twice_the_voices_in_as_many_clips() -> None:
+    accents, takes = voices.ACCENTS, len(voices.TAKES)
+    sets = {which: voices.plan(which, accents, voices.VARIANTS[which], takes) for which in ("eval", "train")}
+    clips = {which: sum(len(voice_takes) for *_, voice_takes in plan) for which, plan in sets.items()}
+    assert clips["eval"] == clips["train"] == 80  # times ten digits: 800 clips each
+    assert (len(sets["eval"]), len(sets["train"])) == (40, 80)
+    assert len({(accent, variant) for accent, variant, _ in sets["train"]}) == 80  # no voice twice
+    for i, variant in enumerate(voices.VARIANTS["train"]):
+        mine = [(accent, voice_takes) for accent, v, voice_takes in sets["train"] if v == variant]
+        assert len(mine) == len(accents) // 2 and {accents.index(a) % 2 for a, _ in mine} == {i % 2}
+        assert {take for _, (take,) in mine} == {0, 1}  # both rates
+    assert voices.plan("train", ["en-us"], ["m2"], 1) == [("en-us", "m2", [0])]  # a one-accent set still speaks
 
 
 def test_without_espeak_ng_it_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -65,6 +79,24 @@ def test_synthetic_voices_join_train_and_the_eval_set_is_refused(espeak_ng: str,
     eval_set = voices.build(tmp_path / "eval", "eval", accents=["en-us"], variants=["m1"], takes=[175])
     with pytest.raises(ConfigError, match="eval set"):
         SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(eval_set)).setup("fit")
+
+
+def test_a_set_written_before_the_layout_file_is_used_with_a_warning(espeak_ng: str, synthetic_data: Path,
+                                                                    tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from sdr_lightning.data.datamodule import SpokenDigitDataModule
+
+    train_set = voices.build(tmp_path / "train", "train", accents=["en-us"], variants=["m2"], takes=[175])
+    assert voices.layout(train_set) == voices.LAYOUT
+    SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(train_set)).setup("fit")
+    assert "older sdr-lightning" not in caplog.text
+    (train_set / voices.LAYOUT_FILENAME).unlink()  # as the sets written before it existed
+    assert voices.layout(train_set) == 1
+    dm = SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(train_set))
+    dm.setup("fit")
+    assert len(dm.datasets["TRAIN"]) == 80 + 10  # still used
+    assert "written by an older sdr-lightning" in caplog.text
+    assert "python -m sdr_lightning.data.voices --out" in caplog.text
 
 
 def test_a_missing_voice_folder_says_how_to_write_it(synthetic_data: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sdr_lightning.audio import corrupt
 from sdr_lightning.audio.io import load_audio
-from sdr_lightning.data import conditions
+from sdr_lightning.data import conditions, voices
 from sdr_lightning.data.cache import TensorCache, clips_key
 from sdr_lightning.data.download import FSDD_URL, prepare_fsdd
 from sdr_lightning.data.folder import FolderClips, add_folder_splits, read_extra_folders
@@ -398,6 +398,10 @@ def synthetic_training_clips(folder: Path) -> list[Clip]:
         raise ConfigError(f"data.synthetic_voices={folder}: no {METADATA_FILENAME} there. Write the voices first with "
                           f"`python -m sdr_lightning.data.voices --out {folder.parent}` (needs espeak-ng), or set "
                           "data.synthetic_voices to the train folder it wrote.")
+    if voices.layout(folder) < voices.LAYOUT:
+        log.warning("data.synthetic_voices=%s was written by an older sdr-lightning (40 voices of 5 variants); the "
+                    "recipes' figures were measured with today's set (80 voices of 20 variants). Rebuild it with "
+                    "`python -m sdr_lightning.data.voices --out %s`.", folder, folder.parent)
     clips = read_metadata(folder)
     if any(c.split != "TRAIN" for c in clips):
         raise ConfigError(f"data.synthetic_voices={folder}: its metadata lists clips outside TRAIN, as the voices' "

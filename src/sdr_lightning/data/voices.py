@@ -3,16 +3,18 @@ female, trimmed and resampled to 8 kHz like FSDD's clips, with FSDD's file namin
 
     python -m sdr_lightning.data.voices --out .voices        (also `sdr-voices`; writes .voices/eval and .voices/train)
 
-Two disjoint sets: `eval` (variants m1, m3, f1, f3, f5) scores models (eval.py sets.espeak=.voices/eval), `train`
-(m2, m4, m6, f2, f4) may join the training clips (data.synthetic_voices). No voice is in both, so a model trained
-with the train set is still scored on voices it never heard. The command installs nothing: without espeak-ng it
-stops with one message saying how to get it.
+Two disjoint sets: `eval` (variants m1, m3, f1, f3, f5, each in every accent at both rates: 40 voices) scores models
+(eval.py sets.espeak=.voices/eval), `train` (20 other variants, each in half the accents at one rate: 80 voices, as
+many clips) may join the training clips (data.synthetic_voices). No variant is in both, so a model trained with the
+train set is still scored on voices it never heard. The command installs nothing: without espeak-ng it stops with
+one message saying how to get it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -31,7 +33,19 @@ from sdr_lightning.errors import DataError, SdrError
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
            "en-us-nyc")
-VARIANTS = {"eval": ("m1", "m3", "f1", "f3", "f5"), "train": ("m2", "m4", "m6", "f2", "f4")}
+VARIANTS = {
+    "eval": ("m1", "m3", "f1", "f3", "f5"),
+    # 80 voices in the same 800 clips as the 40 of layout 1: speakers no model trained on gained on every measure but
+    # babble at 5 dB (LOSO 0.944 -> 0.952, worst fold 0.886 -> 0.928; docs/robustness.md, nineteenth round).
+    # The order fixes each variant's accents and rate (`plan`).
+    "train": ("m2", "m4", "m6", "f2", "f4", "m7", "m8", "Michael", "robert", "quincy", "paul", "edward", "david",
+              "Andrea", "Alicia", "belinda", "aunty", "anika", "steph", "Annie"),
+}
+# The sets' design, written to <set>/voices.json: 1 (no file) was 5 train variants in every accent at both rates.
+LAYOUT = 2
+LAYOUT_FILENAME = "voices.json"
+FEMALE_VARIANTS = frozenset({"f1", "f2", "f3", "f4", "f5", "Andrea", "Alicia", "belinda", "aunty", "anika", "steph",
+                             "Annie"})
 # words per minute of each take (espeak-ng's default is 175): a brisk and a careful reading
 TAKES = (175, 130)
 SAMPLE_RATE = 8000
@@ -74,6 +88,16 @@ def speak(program: str, voice: str, text: str, words_per_minute: int) -> tuple[n
     return samples, rate
 
 
+def plan(which: str, accents: Sequence[str], variants: Sequence[str], takes: int) -> list[tuple[str, str, list[int]]]:
+    """(accent, variant, take indices) of each voice a set holds, in the order it is written. `eval`: every variant in
+    every accent, every take. `train`: variant i in every other accent, starting from accent i, with one take per voice,
+    the rates alternating, so twice the variants make as many clips."""
+    if which == "eval":
+        return [(accent, variant, list(range(takes))) for accent in accents for variant in variants]
+    return [(accents[(2 * j + i) % len(accents)], variant, [(i + j) % takes])
+            for i, variant in enumerate(variants) for j in range((len(accents) + 1) // 2)]
+
+
 def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
           variants: Sequence[str] | None = None, takes: Sequence[int] = TAKES) -> Path:
     """Write `out` (clips `<digit>_espeak-<accent>-<variant>_<take>.wav` and SDR_metadata.tsv, split TEST for the
@@ -82,22 +106,31 @@ def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
     variants = VARIANTS[which] if variants is None else variants
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for accent in accents:
-        for variant in variants:
-            speaker = f"espeak-{accent}-{variant}"
-            for digit, word in enumerate(WORDS):
-                for take, words_per_minute in enumerate(takes):
-                    samples, rate = speak(program, f"{accent}+{variant}", word, words_per_minute)
-                    clip = AF.resample(torch.from_numpy(trim(samples, rate)), rate, SAMPLE_RATE).numpy()
-                    identifier = f"{digit}_{speaker}_{take}"
-                    soundfile.write(out / f"{identifier}.wav", clip, SAMPLE_RATE, subtype="PCM_16")
-                    rows.append([identifier, speaker, "TEST" if which == "eval" else "TRAIN", digit,
-                                 f"{identifier}.wav"])
+    for accent, variant, voice_takes in plan(which, accents, variants, len(takes)):
+        speaker = f"espeak-{accent}-{variant}"
+        for digit, word in enumerate(WORDS):
+            for take in voice_takes:
+                samples, rate = speak(program, f"{accent}+{variant}", word, takes[take])
+                clip = AF.resample(torch.from_numpy(trim(samples, rate)), rate, SAMPLE_RATE).numpy()
+                identifier = f"{digit}_{speaker}_{take}"
+                soundfile.write(out / f"{identifier}.wav", clip, SAMPLE_RATE, subtype="PCM_16")
+                rows.append([identifier, speaker, "TEST" if which == "eval" else "TRAIN", digit, f"{identifier}.wav"])
     with (out / METADATA_FILENAME).open("w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t")
         writer.writerow(["", *REQUIRED_COLUMNS])
         writer.writerows([index, *row] for index, row in enumerate(rows))
+    description = {"set": which, "layout": LAYOUT, "accents": list(accents), "variants": list(variants),
+                   "words_per_minute": list(takes)}
+    (out / LAYOUT_FILENAME).write_text(json.dumps(description, indent=2) + "\n")
     return out
+
+
+def layout(folder: Path) -> int:
+    """The layout a voice set was written with (LAYOUT today; 1 for a set written before voices.json existed)."""
+    try:
+        return int(json.loads((folder / LAYOUT_FILENAME).read_text()).get("layout", 1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 1
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -209,3 +209,66 @@ def test_vit_conv_stem_sees_only_each_clips_own_frames(make_cfg) -> None:
     with pytest.raises(ConfigError, match="stem_layers=2: use 0"):
         instantiate_part("model", make_cfg("model=vit", "model.encoder.stem_layers=2",
                                            "model.encoder.patch_freq=8").model, _recursive_=False)
+
+
+def test_speaker_confusion_is_lowest_for_a_uniform_prediction_over_the_batchs_speakers() -> None:
+    from sdr_lightning.models.classifier import speaker_confusion_loss
+
+    speakers = torch.tensor([0, 2, 2, 5])
+    uniform = torch.full((4, 8), -9.0)
+    uniform[:, [0, 2, 5]] = 0.0  # equal odds for the three speakers present, none for the others
+    sure = torch.nn.functional.one_hot(speakers, 8).float() * 9.0
+    assert speaker_confusion_loss(uniform, speakers) < speaker_confusion_loss(torch.zeros(4, 8), speakers)
+    assert speaker_confusion_loss(torch.zeros(4, 8), speakers) < speaker_confusion_loss(sure, speakers)
+    torch.testing.assert_close(speaker_confusion_loss(uniform, speakers), torch.log(torch.tensor(3.0)),
+                               atol=1e-3, rtol=0)
+
+
+def test_speaker_adversary_learns_speakers_while_the_encoder_learns_to_confuse_it(make_cfg) -> None:
+    from sdr_lightning.config import instantiate_part
+    from sdr_lightning.errors import ConfigError
+    from sdr_lightning.models.classifier import adversary_ramp, speaker_confusion_loss
+
+    cfg = make_cfg("model=cnn", "model.encoder.channels=8", "model.label_smoothing=0", "model.speaker_adversary=0.5",
+                   "model.adversary_speakers=4")
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all").train()
+    batch = variable_length_batch()
+    batch["label"], batch["speaker"] = torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 1, 3])
+    torch.manual_seed(2)
+    loss = model._step(batch, model.train_metrics, model.train_loss)  # no trainer: the ramp's end, weight 0.5
+    torch.manual_seed(2)  # the same dropout masks
+    embedding = model.encoder(*model.augmented_features(batch))
+    logits = model.adversary(embedding)
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(model.head(embedding), batch["label"]) + ce(logits, batch["speaker"])
+                + 0.5 * adversary_ramp(1.0) * speaker_confusion_loss(logits, batch["speaker"]))
+    torch.testing.assert_close(loss, expected)
+    # each part moves only its own side: the adversary by its cross entropy, the encoder by the confusion
+    model.zero_grad()
+    leaf = embedding.detach().requires_grad_()
+    model.speaker_adversary_loss(leaf, batch["speaker"]).backward()
+    adversary_grads = [p.grad.clone() for p in model.adversary.parameters()]
+    model.zero_grad()
+    ce(model.adversary(embedding.detach()), batch["speaker"]).backward()
+    for got, want in zip(adversary_grads, [p.grad for p in model.adversary.parameters()]):
+        torch.testing.assert_close(got, want)
+    alone = embedding.detach().requires_grad_()
+    (0.5 * adversary_ramp(1.0) * speaker_confusion_loss(model.adversary(alone), batch["speaker"])).backward()
+    torch.testing.assert_close(leaf.grad, alone.grad)
+    assert adversary_ramp(0.0) == 0.0 and 0.99 < adversary_ramp(1.0) < 1.0
+    # predictions never pass through the adversary
+    with torch.no_grad():
+        before = model.eval()(batch["waveform"], batch["lengths"])
+        model.adversary[-1].weight.add_(1.0)
+        torch.testing.assert_close(model(batch["waveform"], batch["lengths"]), before)
+
+    model.train()
+    with pytest.raises(ConfigError, match="adversary_speakers=4, but TRAIN holds 6 speakers or more"):
+        model._step({**batch, "speaker": torch.tensor([0, 1, 5, 3])}, model.train_metrics, model.train_loss)
+    with pytest.raises(ConfigError, match="needs the speaker of each training clip"):
+        model._step({k: v for k, v in batch.items() if k != "speaker"}, model.train_metrics, model.train_loss)
+    with pytest.raises(ConfigError, match="model.speaker_adversary with model.mixup"):
+        instantiate_part("model", make_cfg("model=cnn", "model.speaker_adversary=0.5", "model.mixup=0.2").model,
+                         _recursive_=False)
+    with pytest.raises(ConfigError, match="model.speaker_adversary=-1"):
+        instantiate_part("model", make_cfg("model=cnn", "model.speaker_adversary=-1").model, _recursive_=False)

@@ -211,17 +211,19 @@ def test_vit_conv_stem_sees_only_each_clips_own_frames(make_cfg) -> None:
                                            "model.encoder.patch_freq=8").model, _recursive_=False)
 
 
-def test_speaker_confusion_is_lowest_for_a_uniform_prediction_over_the_batchs_speakers() -> None:
+def test_speaker_confusion_is_lowest_for_the_batchs_mix_of_speakers() -> None:
     from sdr_lightning.models.classifier import speaker_confusion_loss
 
     speakers = torch.tensor([0, 2, 2, 5])
-    uniform = torch.full((4, 8), -9.0)
-    uniform[:, [0, 2, 5]] = 0.0  # equal odds for the three speakers present, none for the others
+    mix = torch.full((4, 8), -30.0)
+    mix[:, [0, 2, 5]] = torch.tensor([0.25, 0.5, 0.25]).log()  # what a speaker-blind classifier predicts
+    uniform = torch.full((4, 8), -30.0)
+    uniform[:, [0, 2, 5]] = 0.0
     sure = torch.nn.functional.one_hot(speakers, 8).float() * 9.0
-    assert speaker_confusion_loss(uniform, speakers) < speaker_confusion_loss(torch.zeros(4, 8), speakers)
-    assert speaker_confusion_loss(torch.zeros(4, 8), speakers) < speaker_confusion_loss(sure, speakers)
-    torch.testing.assert_close(speaker_confusion_loss(uniform, speakers), torch.log(torch.tensor(3.0)),
-                               atol=1e-3, rtol=0)
+    entropy = -(torch.tensor([0.25, 0.5, 0.25]) * torch.tensor([0.25, 0.5, 0.25]).log()).sum()
+    torch.testing.assert_close(speaker_confusion_loss(mix, speakers), entropy, atol=1e-4, rtol=0)
+    assert speaker_confusion_loss(mix, speakers) < speaker_confusion_loss(uniform, speakers)
+    assert speaker_confusion_loss(uniform, speakers) < speaker_confusion_loss(sure, speakers)
 
 
 def test_speaker_adversary_learns_speakers_while_the_encoder_learns_to_confuse_it(make_cfg) -> None:

@@ -77,11 +77,12 @@ def adversary_ramp(progress: float) -> float:
 
 
 def speaker_confusion_loss(logits: Tensor, speakers: Tensor) -> Tensor:
-    """Cross entropy between a speaker classifier's predictions (B, outputs) and the uniform distribution over the
-    speakers present in the batch (Tzeng et al., ICCV 2015): lowest when no clip's speaker can be told apart from the
-    others'."""
-    present = torch.unique(speakers)
-    return -logits.log_softmax(dim=-1)[:, present].mean()
+    """Cross entropy between a speaker classifier's predictions (B, outputs) and the batch's own mix of speakers (the
+    share of its clips each one said): lowest when every clip gets that mix, which is all a classifier that cannot
+    tell the speakers apart can predict (a confusion target, Tzeng et al., ICCV 2015; the mix rather than a uniform
+    distribution, since a speaker who said more of the clips is likelier without any evidence)."""
+    mix = torch.bincount(speakers, minlength=logits.shape[-1]).to(logits.dtype) / speakers.numel()
+    return -(logits.log_softmax(dim=-1) * mix).sum(dim=-1).mean()
 
 
 def combine_members(logits: Tensor) -> Tensor:
@@ -144,8 +145,8 @@ class DigitClassifier(pl.LightningModule):
     checkpoint loads and predicts on its own.
     `speaker_adversary`: > 0 adds a speaker classifier on the embedding (the adversary), which learns which TRAIN
     speaker said each clip, while the encoder learns, with this weight (ramped up by `adversary_ramp`), to make the
-    adversary's prediction uniform over the batch's speakers (`speaker_confusion_loss`): toward embeddings that do not
-    tell speakers apart. A bounded target, where reversing the adversary's gradient (DANN) lets the encoder make it
+    adversary's prediction the batch's mix of speakers (`speaker_confusion_loss`): toward embeddings that do not tell
+    speakers apart. A bounded target, where reversing the adversary's gradient (DANN) lets the encoder make it
     confidently wrong without limit. `adversary_speakers`: its number of outputs, at least the TRAIN split's
     speakers. Training only; predictions never pass through it.
     """

@@ -49,10 +49,6 @@ class ClipDataset(Dataset):
         # with copies: each clip comes as one of its copies and, under "clean_<key>", as itself (a consistency loss)
         self.pair_clean = pair_clean and bool(copies)
         self.labels = list(labels) if labels is not None else [c.label for c in self.clips]
-        # each clip's speaker as an index into the split's sorted speakers (a speaker adversary learns from them)
-        self.speakers = tuple(sorted({c.speaker for c in self.clips}))
-        position = {name: i for i, name in enumerate(self.speakers)}
-        self.speaker_tensor = torch.tensor([position[c.speaker] for c in self.clips], dtype=torch.long)
         self.key, self.length_key = BATCH_KEYS[kind]
         self.copies = len(copies)
         self.clean_only = False  # true: serve each clip as itself, never a copy (tasks.callbacks.CleanFinish)
@@ -79,8 +75,7 @@ class ClipDataset(Dataset):
         drawn = self.copies and not self.clean_only
         lowest = 1 if self.pair_clean else 0
         version = torch.randint(lowest, self.copies + 1, index.shape) if drawn else torch.zeros_like(index)
-        batch = {**self._version(version, index), "label": self.label_tensor[index], "index": index,
-                 "speaker": self.speaker_tensor[index]}
+        batch = {**self._version(version, index), "label": self.label_tensor[index], "index": index}
         if self.copies:
             batch["augmented"] = version > 0  # already through the model's waveform augmentations
         if self.pair_clean:

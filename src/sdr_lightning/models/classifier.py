@@ -70,21 +70,6 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
     return kl * temperature**2
 
 
-def adversary_ramp(progress: float) -> float:
-    """The speaker confusion's weight over training (DANN's schedule, Ganin & Lempitsky, ICML 2015): 0 at the start,
-    ~1 by the end, 2 / (1 + exp(-10 p)) - 1, so the adversary first learns what it can before the encoder hides it."""
-    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
-
-
-def speaker_confusion_loss(logits: Tensor, speakers: Tensor) -> Tensor:
-    """Cross entropy between a speaker classifier's predictions (B, outputs) and the batch's own mix of speakers (the
-    share of its clips each one said): lowest when every clip gets that mix, which is all a classifier that cannot
-    tell the speakers apart can predict (a confusion target, Tzeng et al., ICCV 2015; the mix rather than a uniform
-    distribution, since a speaker who said more of the clips is likelier without any evidence)."""
-    mix = torch.bincount(speakers, minlength=logits.shape[-1]).to(logits.dtype) / speakers.numel()
-    return -(logits.log_softmax(dim=-1) * mix).sum(dim=-1).mean()
-
-
 def combine_members(logits: Tensor) -> Tensor:
     """(B, members, classes) logits of an ensemble head -> (B, classes) log of the members' mean probability;
     (B, classes) logits pass through."""
@@ -143,12 +128,6 @@ class DigitClassifier(pl.LightningModule):
     features at `distill_temperature`, and the rest the cross entropy. A teacher (any encoder; SimCLR's too) must have
     this run's featurizer. Teachers are used in training only and never saved with this model, so a distilled
     checkpoint loads and predicts on its own.
-    `speaker_adversary`: > 0 adds a speaker classifier on the embedding (the adversary), which learns which TRAIN
-    speaker said each clip, while the encoder learns, with this weight (ramped up by `adversary_ramp`), to make the
-    adversary's prediction the batch's mix of speakers (`speaker_confusion_loss`): toward embeddings that do not tell
-    speakers apart. A bounded target, where reversing the adversary's gradient (DANN) lets the encoder make it
-    confidently wrong without limit. `adversary_speakers`: its number of outputs, at least the TRAIN split's
-    speakers. Training only; predictions never pass through it.
     """
 
     def __init__(
@@ -167,20 +146,12 @@ class DigitClassifier(pl.LightningModule):
         teacher: str | Sequence[str] | None = None,
         distill_weight: float = 0.5,
         distill_temperature: float = 2.0,
-        speaker_adversary: float = 0.0,
-        adversary_speakers: int = 256,
     ) -> None:
         if teacher and not 0.0 < distill_weight <= 1.0:
             raise ConfigError(f"model.distill_weight={distill_weight}; with model.teacher set, use a weight in (0, 1] "
                               "(the share of the loss that follows the teacher).")
         if teacher and distill_temperature <= 0:
             raise ConfigError(f"model.distill_temperature={distill_temperature}; use a temperature > 0, e.g. 2.")
-        if speaker_adversary < 0 or (speaker_adversary and adversary_speakers < 2):
-            raise ConfigError(f"model.speaker_adversary={speaker_adversary}, model.adversary_speakers="
-                              f"{adversary_speakers}; use a weight >= 0 (0: none) and at least 2 speaker outputs.")
-        if speaker_adversary and mixup:
-            raise ConfigError("model.speaker_adversary with model.mixup: a mixed clip has two speakers, which the "
-                              "adversary does not model; set one of them to 0.")
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.featurizer = instantiate_part("model.featurizer", featurizer)
@@ -190,9 +161,6 @@ class DigitClassifier(pl.LightningModule):
             raise ConfigError(f"model.encoder: {encoder['_target_']} has no integer `output_dim` attribute; an encoder "
                               "sets self.output_dim to the size of the embedding it returns.")
         self.build_heads()
-        if speaker_adversary:
-            width = self.encoder.output_dim
-            self.adversary = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, adversary_speakers))
         # Unlabeled TRAIN clips (data.labeled_speakers) carry UNLABELED; supervised_loss also drops them itself.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=UNLABELED)
         self.train_metrics = split_metrics("TRAIN", num_classes)
@@ -338,22 +306,6 @@ class DigitClassifier(pl.LightningModule):
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encoder(*self.augmented_features(batch))
 
-    def speaker_adversary_loss(self, embedding: Tensor, speakers: Tensor) -> Tensor:
-        """The adversary's cross entropy on the clips' speakers (its own gradient only) plus the encoder's confusion
-        loss against the adversary as it stands (the encoder's gradient only), weighted by `speaker_adversary`."""
-        if int(speakers.max()) >= self.hparams.adversary_speakers:
-            raise ConfigError(f"model.adversary_speakers={self.hparams.adversary_speakers}, but TRAIN holds "
-                              f"{int(speakers.max()) + 1} speakers or more; set it to at least their number.")
-        adversary = nn.functional.cross_entropy(self.adversary(embedding.detach()), speakers)
-        frozen = {name: value.detach() for name, value in self.adversary.named_parameters()}
-        logits = torch.func.functional_call(self.adversary, frozen, (embedding,))
-        confusion = speaker_confusion_loss(logits, speakers)
-        trainer = self._trainer
-        progress = (trainer.global_step / max(1, trainer.estimated_stepping_batches)) if trainer is not None else 1.0
-        self.log_dict({"train/speaker_loss": adversary.detach(), "train/speaker_confusion": confusion.detach()},
-                      on_step=False, on_epoch=True)
-        return adversary + self.hparams.speaker_adversary * adversary_ramp(min(progress, 1.0)) * confusion
-
     # ---- shared steps ----
     def supervised_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross entropy over the labeled clips; a batch without any gives 0 (not NaN, as a mean over none would).
@@ -391,17 +343,10 @@ class DigitClassifier(pl.LightningModule):
             frames, labels = torch.cat([frames, clean_frames]), torch.cat([labels, labels])
         if mixup:
             features, frames, partner, weight = mix_batch(features, frames, mixup)
-        embedding = self.encoder(features, frames)
-        outputs = self.head(embedding)
+        outputs = self.head(self.encoder(features, frames))
         loss = self.supervised_loss(outputs, labels)
         if mixup:
             loss = weight * loss + (1 - weight) * self.supervised_loss(outputs, labels[partner])
-        if self.training and self.hparams.get("speaker_adversary"):
-            if "speaker" not in batch:
-                raise ConfigError("model.speaker_adversary needs the speaker of each training clip; batches from "
-                                  "SpokenDigitDataModule carry it (a custom loader must add a 'speaker' index).")
-            speakers = torch.cat([batch["speaker"]] * (2 if paired else 1))
-            loss = loss + self.speaker_adversary_loss(embedding, speakers)
         if paired:
             augmented_view, clean_view = outputs.chunk(2)
             loss = loss + self.hparams.consistency * consistency_loss(augmented_view, clean_view)

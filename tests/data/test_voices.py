@@ -12,7 +12,7 @@ import soundfile
 
 from sdr_lightning.data import voices
 from sdr_lightning.data.metadata import read_metadata
-from sdr_lightning.errors import DataError
+from sdr_lightning.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -57,6 +57,25 @@ def test_the_train_set_has_twice_the_voices_in_as_many_clips() -> None:
     assert voices.plan("train", ["en-us"], ["m2"], 1) == [("en-us", "m2", [0])]  # a one-accent set still speaks
 
 
+def test_layout_1_is_the_older_train_set_of_40_voices() -> None:
+    accents, takes = voices.ACCENTS, len(voices.TAKES)
+    old = voices.plan("train", accents, voices.LAYOUT_1_TRAIN_VARIANTS, takes, layout=1)
+    assert len(old) == 40 and all(voice_takes == [0, 1] for *_, voice_takes in old)  # every voice at both rates
+    assert {(a, v) for a, v, _ in old} == {(a, v) for a in accents for v in voices.LAYOUT_1_TRAIN_VARIANTS}
+    assert set(voices.LAYOUT_1_TRAIN_VARIANTS) < set(voices.VARIANTS["train"])  # still disjoint from eval's
+
+
+def test_the_layout_is_written_and_read_back(espeak_ng: str, tmp_path: Path) -> None:
+    voices.main(["--out", str(tmp_path), "--sets", "train", "--layout", "1", "--accents", "en-us"])
+    old = tmp_path / "train"
+    assert voices.layout(old) == 1
+    assert len(read_metadata(old)) == 5 * 2 * 10  # the 5 variants of layout 1, both rates
+    assert (old / "0_espeak-en-us-f4_1.wav").is_file()
+    with pytest.raises(ConfigError, match="voice layout 3"):
+        voices.build(tmp_path / "other", "train", layout=3)
+    assert not (tmp_path / "other").exists()
+
+
 def test_without_espeak_ng_it_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(voices.shutil, "which", lambda name: None)
     with pytest.raises(DataError, match=r"espeak-ng not found on PATH.*apt-get install espeak-ng"):
@@ -69,7 +88,6 @@ def test_without_espeak_ng_it_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch
 def test_synthetic_voices_join_train_and_the_eval_set_is_refused(espeak_ng: str, synthetic_data: Path,
                                                                  tmp_path: Path) -> None:
     from sdr_lightning.data.datamodule import SpokenDigitDataModule
-    from sdr_lightning.errors import ConfigError
 
     train_set = voices.build(tmp_path / "train", "train", accents=["en-us"], variants=["m2"], takes=[175])
     dm = SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(train_set))
@@ -97,11 +115,14 @@ def test_a_set_written_before_the_layout_file_is_used_with_a_warning(espeak_ng: 
     assert len(dm.datasets["TRAIN"]) == 80 + 10  # still used
     assert "written by an older sdr-lightning" in caplog.text
     assert "python -m sdr_lightning.data.voices --out" in caplog.text
+    caplog.clear()
+    old = voices.build(tmp_path / "old", "train", accents=["en-us"], variants=["m2"], takes=[175], layout=1)
+    SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(old)).setup("fit")
+    assert "older sdr-lightning" not in caplog.text  # written as layout 1 on purpose: no warning
 
 
 def test_a_missing_voice_folder_says_how_to_write_it(synthetic_data: Path, tmp_path: Path) -> None:
     from sdr_lightning.data.datamodule import SpokenDigitDataModule
-    from sdr_lightning.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.synthetic_voices=.*python -m sdr_lightning.data.voices --out"):
         SpokenDigitDataModule(dir=str(synthetic_data), download=False,

@@ -28,7 +28,7 @@ import torch
 import torchaudio.functional as AF
 
 from sdr_lightning.data.metadata import METADATA_FILENAME, REQUIRED_COLUMNS
-from sdr_lightning.errors import DataError, SdrError
+from sdr_lightning.errors import ConfigError, DataError, SdrError
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
@@ -41,8 +41,10 @@ VARIANTS = {
     "train": ("m2", "m4", "m6", "f2", "f4", "m7", "m8", "Michael", "robert", "quincy", "paul", "edward", "david",
               "Andrea", "Alicia", "belinda", "aunty", "anika", "steph", "Annie"),
 }
-# The sets' design, written to <set>/voices.json: 1 (no file) was 5 train variants in every accent at both rates.
+# The train set's design, written to <set>/voices.json. 2: the 20 variants above, each in half the accents at one rate
+# (80 voices). 1: the sets before it (no voices.json): 5 variants in every accent at both rates (40 voices).
 LAYOUT = 2
+LAYOUT_1_TRAIN_VARIANTS = ("m2", "m4", "m6", "f2", "f4")
 LAYOUT_FILENAME = "voices.json"
 FEMALE_VARIANTS = frozenset({"f1", "f2", "f3", "f4", "f5", "Andrea", "Alicia", "belinda", "aunty", "anika", "steph",
                              "Annie"})
@@ -88,25 +90,30 @@ def speak(program: str, voice: str, text: str, words_per_minute: int) -> tuple[n
     return samples, rate
 
 
-def plan(which: str, accents: Sequence[str], variants: Sequence[str], takes: int) -> list[tuple[str, str, list[int]]]:
-    """(accent, variant, take indices) of each voice a set holds, in the order it is written. `eval`: every variant in
-    every accent, every take. `train`: variant i in every other accent, starting from accent i, with one take per voice,
-    the rates alternating, so twice the variants make as many clips."""
-    if which == "eval":
+def plan(which: str, accents: Sequence[str], variants: Sequence[str], takes: int,
+         layout: int = LAYOUT) -> list[tuple[str, str, list[int]]]:
+    """(accent, variant, take indices) of each voice a set holds, in the order it is written. `eval`, and `train` of
+    layout 1: every variant in every accent, every take. `train` of layout 2: variant i in every other accent, starting
+    from accent i, with one take per voice, the rates alternating, so twice the variants make as many clips."""
+    if which == "eval" or layout == 1:
         return [(accent, variant, list(range(takes))) for accent in accents for variant in variants]
     return [(accents[(2 * j + i) % len(accents)], variant, [(i + j) % takes])
             for i, variant in enumerate(variants) for j in range((len(accents) + 1) // 2)]
 
 
 def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
-          variants: Sequence[str] | None = None, takes: Sequence[int] = TAKES) -> Path:
+          variants: Sequence[str] | None = None, takes: Sequence[int] = TAKES, layout: int = LAYOUT) -> Path:
     """Write `out` (clips `<digit>_espeak-<accent>-<variant>_<take>.wav` and SDR_metadata.tsv, split TEST for the
-    eval set, TRAIN for the train set); returns it."""
+    eval set, TRAIN for the train set) in `layout` (1 or 2; it shapes only the train set); returns it."""
+    if layout not in (1, 2):
+        raise ConfigError(f"voice layout {layout!r}: there are layouts 1 (40 train voices of 5 variants) and 2 (80 of "
+                          "20, the default); pick one of them.")
     program = espeak()
-    variants = VARIANTS[which] if variants is None else variants
+    if variants is None:
+        variants = LAYOUT_1_TRAIN_VARIANTS if (which, layout) == ("train", 1) else VARIANTS[which]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for accent, variant, voice_takes in plan(which, accents, variants, len(takes)):
+    for accent, variant, voice_takes in plan(which, accents, variants, len(takes), layout):
         speaker = f"espeak-{accent}-{variant}"
         for digit, word in enumerate(WORDS):
             for take in voice_takes:
@@ -119,7 +126,7 @@ def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
         writer = csv.writer(handle, delimiter="\t")
         writer.writerow(["", *REQUIRED_COLUMNS])
         writer.writerows([index, *row] for index, row in enumerate(rows))
-    description = {"set": which, "layout": LAYOUT, "accents": list(accents), "variants": list(variants),
+    description = {"set": which, "layout": layout, "accents": list(accents), "variants": list(variants),
                    "words_per_minute": list(takes)}
     (out / LAYOUT_FILENAME).write_text(json.dumps(description, indent=2) + "\n")
     return out
@@ -138,10 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(".voices"), help="folder for eval/ and train/")
     parser.add_argument("--sets", nargs="+", default=["eval", "train"], choices=sorted(VARIANTS))
     parser.add_argument("--accents", nargs="+", default=list(ACCENTS))
+    parser.add_argument("--layout", type=int, default=LAYOUT, choices=(1, 2),
+                        help="the train set's design: 2, 80 voices of 20 variants (default); 1, 40 voices of 5 "
+                             "variants, as sets written before voices.json")
     args = parser.parse_args(argv)
     try:
         for which in args.sets:
-            folder = build(args.out / which, which, accents=args.accents)
+            folder = build(args.out / which, which, accents=args.accents, layout=args.layout)
             print(f"{which}: {len(list(folder.glob('*.wav')))} clips in {folder}")
     except SdrError as err:
         sys.exit(f"error: {err}")

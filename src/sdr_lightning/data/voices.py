@@ -44,6 +44,7 @@ VARIANTS = {
 # The train set's design, written to <set>/voices.json. 2: the 20 variants above, each in half the accents at one rate
 # (80 voices). 1: the sets before it (no voices.json): 5 variants in every accent at both rates (40 voices).
 LAYOUT = 2
+LAYOUTS = (1, 2)
 LAYOUT_1_TRAIN_VARIANTS = ("m2", "m4", "m6", "f2", "f4")
 LAYOUT_FILENAME = "voices.json"
 FEMALE_VARIANTS = frozenset({"f1", "f2", "f3", "f4", "f5", "Andrea", "Alicia", "belinda", "aunty", "anika", "steph",
@@ -105,7 +106,7 @@ def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
           variants: Sequence[str] | None = None, takes: Sequence[int] = TAKES, layout: int = LAYOUT) -> Path:
     """Write `out` (clips `<digit>_espeak-<accent>-<variant>_<take>.wav` and SDR_metadata.tsv, split TEST for the
     eval set, TRAIN for the train set) in `layout` (1 or 2; it shapes only the train set); returns it."""
-    if layout not in (1, 2):
+    if layout not in LAYOUTS:
         raise ConfigError(f"voice layout {layout!r}: there are layouts 1 (40 train voices of 5 variants) and 2 (80 of "
                           "20, the default); pick one of them.")
     program = espeak()
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(".voices"), help="folder for eval/ and train/")
     parser.add_argument("--sets", nargs="+", default=["eval", "train"], choices=sorted(VARIANTS))
     parser.add_argument("--accents", nargs="+", default=list(ACCENTS))
-    parser.add_argument("--layout", type=int, default=LAYOUT, choices=(1, 2),
+    parser.add_argument("--layout", type=int, default=LAYOUT, choices=LAYOUTS,
                         help="the train set's design: 2, 80 voices of 20 variants (default); 1, 40 voices of 5 "
                              "variants, as sets written before voices.json")
     args = parser.parse_args(argv)

@@ -183,3 +183,27 @@ def test_weight_ema_checkpoints_the_average_and_resumes_exactly(make_cfg, tmp_pa
         assert all(torch.equal(got[weights][k], want[weights][k]) for k in want[weights]), weights
     with pytest.raises(ConfigError, match=r"callbacks.ema.decay=1.5"):
         train(make_cfg("debug=limit", "callbacks=ema", "callbacks.ema.decay=1.5"))
+
+
+def test_weight_swa_averages_only_the_last_epochs_and_resumes_exactly(make_cfg, tmp_path: Path) -> None:
+    every_epoch = ("model=cnn", "model.encoder.channels=8", "debug=limit", "trainer.max_epochs=3", "callbacks=swa",
+                   "callbacks.swa.epochs=2", "callbacks.model_checkpoint.save_top_k=-1", "trainer.deterministic=true",
+                   "logger=csv", "report.splits=[]")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(make_cfg(*every_epoch, f"paths.output_dir={full}"))
+    first = torch.load(full / "checkpoints" / "epoch_000.ckpt", weights_only=True)
+    assert "current_model_state" not in first  # before the last two epochs: the raw weights, no average yet
+    second = torch.load(full / "checkpoints" / "epoch_001.ckpt", weights_only=True)
+    last = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_per_epoch = first["global_step"]
+    assert int(second["averaging_state"]["n_averaged"]) == steps_per_epoch  # every step of epoch 1
+    assert int(last["averaging_state"]["n_averaged"]) == 2 * steps_per_epoch  # and of epoch 2: equal weights
+    average, raw = last["state_dict"], last["current_model_state"]
+    assert any(not torch.equal(average[k], raw[k]) for k in average)  # the checkpoint's weights are the average
+    # resumed after its second epoch (averaging under way), a run ends where the uninterrupted one did
+    train(make_cfg(*every_epoch, f"paths.output_dir={resumed}", f"ckpt_path={full / 'checkpoints' / 'epoch_001.ckpt'}"))
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    for weights in ("state_dict", "current_model_state"):
+        assert all(torch.equal(got[weights][k], last[weights][k]) for k in last[weights]), weights
+    with pytest.raises(ConfigError, match=r"callbacks.swa.epochs=0"):
+        train(make_cfg("debug=limit", "callbacks=swa", "callbacks.swa.epochs=0"))

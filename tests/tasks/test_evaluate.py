@@ -52,7 +52,7 @@ def test_training_writes_reports_and_tensorboard_figures(make_cfg, tmp_path: Pat
     assert all(f"{split}_{space}" in projector for split in ("dev", "test") for space in ("encoder", "mel"))
 
 
-@pytest.mark.parametrize("model", ["model=cnn", "model=simclr", "callbacks=ema"])
+@pytest.mark.parametrize("model", ["model=cnn", "model=simclr", "callbacks=ema", "callbacks=swa"])
 def test_eval_reproduces_training_figures(make_cfg, synthetic_data: Path, tmp_path: Path, model: str) -> None:
     run_dir = tmp_path / "run"
     # callbacks=ema: a fast average (decay 0.5) that differs clearly from the raw weights after a few steps

@@ -1,7 +1,8 @@
 """Lightning callbacks and plugins for robust training: exact resume (RNG states in checkpoints), a clean stop on a
 non-finite training loss (both in conf/callbacks/default.yaml), checkpoints written atomically
 (AtomicCheckpointIO, in conf/trainer/default.yaml's plugins), a clean finish to augmented training (CleanFinish,
-experiment=robust_cnn_clean) and an exponential moving average of the weights (WeightEMA, callbacks/ema)."""
+experiment=robust_cnn_clean) and averages of the weights: exponential (WeightEMA, callbacks/ema) or equal over the
+last epochs (WeightSWA, callbacks/swa)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, WeightAveraging
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
@@ -182,4 +183,57 @@ class WeightEMA(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         if self._average_model is not None:  # resuming a fit: the average and the raw weights both come back
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class WeightSWA(WeightAveraging):
+    """Stochastic weight averaging (Izmailov et al., 2018) without its learning-rate schedule: the equal-weight
+    average of the weights after every optimizer step of the last `epochs` epochs (dense, as SWAD averages; Cha et
+    al., 2021), BatchNorm's running statistics averaged alike. Once fit ends, the average is the model, as with
+    WeightEMA. Before those epochs, validation and checkpoints see the raw weights; from the first, the average.
+    Lightning's StochasticWeightAveraging would replace the run's one-cycle schedule with its own."""
+
+    def __init__(self, epochs: int = 20, **kwargs: Any) -> None:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise ConfigError(f"callbacks.swa.epochs={epochs!r}; use a whole number of final epochs to average, "
+                              "at least 1 (e.g. 20).")
+        super().__init__(use_buffers=True, **kwargs)
+        self.epochs = epochs
+        self._averaging = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        if last is None:
+            raise ConfigError("callbacks.swa averages the last epochs of a run, so it needs trainer.max_epochs.")
+        self._averaging = trainer.current_epoch >= last - self.epochs
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and self._averaging
+
+    def started(self) -> bool:
+        """Whether the average holds any weights yet (before that it is only the initial model's copy)."""
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started():
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started():
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self.started():  # else the raw weights, as they are
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started():
+            super().on_train_end(trainer, pl_module)
+        self._average_model = None  # later validate/test: the loaded checkpoint's state_dict, the average, as it is
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # resuming a fit from an averaging epoch: the average and the raw weights both come back
+        if self._average_model is not None and "averaging_state" in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)

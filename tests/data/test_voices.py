@@ -109,7 +109,7 @@ def test_a_set_written_before_the_layout_file_is_used_with_a_warning(espeak_ng: 
     SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(train_set)).setup("fit")
     assert "older sdr-lightning" not in caplog.text
     (train_set / voices.LAYOUT_FILENAME).unlink()  # as the sets written before it existed
-    assert voices.layout(train_set) == 1
+    assert voices.layout(train_set) is None  # one voice: neither layout's 40 or 80
     dm = SpokenDigitDataModule(dir=str(synthetic_data), download=False, synthetic_voices=str(train_set))
     dm.setup("fit")
     assert len(dm.datasets["TRAIN"]) == 80 + 10  # still used
@@ -127,3 +127,16 @@ def test_a_missing_voice_folder_says_how_to_write_it(synthetic_data: Path, tmp_p
     with pytest.raises(ConfigError, match=r"data.synthetic_voices=.*python -m sdr_lightning.data.voices --out"):
         SpokenDigitDataModule(dir=str(synthetic_data), download=False,
                               synthetic_voices=str(tmp_path / ".voices" / "train")).setup("fit")
+
+
+def test_a_set_without_the_layout_file_is_known_by_its_number_of_voices(tmp_path: Path) -> None:
+    assert voices.LAYOUT_VOICES == {1: 40, 2: 80}
+    for count, want in ((40, 1), (80, 2), (39, None)):
+        folder = tmp_path / str(count)
+        folder.mkdir()
+        rows = [f"{i}\t{i}_v{i}_0\tespeak-v{i}\tTRAIN\t{i % 10}\t{i}_v{i}_0.wav" for i in range(count)]
+        (folder / "SDR_metadata.tsv").write_text("\tidentifier\tspeaker\tsplit\tlabel\tfile\n" + "\n".join(rows) + "\n")
+        assert voices.layout(folder) == want, count
+    (tmp_path / "40" / voices.LAYOUT_FILENAME).write_text("not json")
+    assert voices.layout(tmp_path / "40") is None  # an unreadable description says nothing
+    assert voices.layout(tmp_path / "nowhere") is None

@@ -398,11 +398,13 @@ def synthetic_training_clips(folder: Path) -> list[Clip]:
         raise ConfigError(f"data.synthetic_voices={folder}: no {METADATA_FILENAME} there. Write the voices first with "
                           f"`python -m sdr_lightning.data.voices --out {folder.parent}` (needs espeak-ng), or set "
                           "data.synthetic_voices to the train folder it wrote.")
-    if not (folder / voices.LAYOUT_FILENAME).is_file():
-        log.warning("data.synthetic_voices=%s was written by an older sdr-lightning (layout 1: 40 voices of 5 "
-                    "variants); the CNN recipes' figures were measured with layout 2 (80 voices of 20 variants). "
-                    "Rebuild it with `python -m sdr_lightning.data.voices --out %s` (`--layout 1` writes the older "
-                    "set again, with its description).", folder, folder.parent)
+    found = voices.layout(folder)
+    if found != voices.LAYOUT and not (folder / voices.LAYOUT_FILENAME).is_file():  # a set that says so: on purpose
+        what = "layout 1: 40 voices of 5 variants" if found == 1 else "no voices.json, nor 40 or 80 voices"
+        log.warning("data.synthetic_voices=%s was written by an older sdr-lightning (%s); the CNN recipes' figures "
+                    "were measured with layout 2 (80 voices of 20 variants). Rebuild it with `python -m "
+                    "sdr_lightning.data.voices --out %s` (`--layout 1` writes the older set again, with its "
+                    "description).", folder, what, folder.parent)
     clips = read_metadata(folder)
     if any(c.split != "TRAIN" for c in clips):
         raise ConfigError(f"data.synthetic_voices={folder}: its metadata lists clips outside TRAIN, as the voices' "

@@ -27,7 +27,7 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
-from sdr_lightning.data.metadata import METADATA_FILENAME, REQUIRED_COLUMNS
+from sdr_lightning.data.metadata import METADATA_FILENAME, REQUIRED_COLUMNS, read_metadata
 from sdr_lightning.errors import ConfigError, DataError, SdrError
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -47,6 +47,8 @@ LAYOUT = 2
 LAYOUTS = (1, 2)
 LAYOUT_1_TRAIN_VARIANTS = ("m2", "m4", "m6", "f2", "f4")
 LAYOUT_FILENAME = "voices.json"
+# how many voices each layout's train set holds in all the accents: 40 and 80
+LAYOUT_VOICES = {1: len(ACCENTS) * len(LAYOUT_1_TRAIN_VARIANTS), 2: len(ACCENTS) * len(VARIANTS["train"]) // 2}
 FEMALE_VARIANTS = frozenset({"f1", "f2", "f3", "f4", "f5", "Andrea", "Alicia", "belinda", "aunty", "anika", "steph",
                              "Annie"})
 # words per minute of each take (espeak-ng's default is 175): a brisk and a careful reading
@@ -133,12 +135,20 @@ def build(out: Path, which: str = "eval", accents: Sequence[str] = ACCENTS,
     return out
 
 
-def layout(folder: Path) -> int:
-    """The layout a voice set was written with (LAYOUT today; 1 for a set written before voices.json existed)."""
+def layout(folder: Path) -> int | None:
+    """The layout a voice set was written with: its voices.json's; for a set written before voices.json existed, its
+    number of voices (40: layout 1; 80: layout 2, written from the nineteenth round on); None when neither says."""
     try:
-        return int(json.loads((folder / LAYOUT_FILENAME).read_text()).get("layout", 1))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return 1
+        return int(json.loads((folder / LAYOUT_FILENAME).read_text())["layout"])
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        count = len({clip.speaker for clip in read_metadata(folder)})
+    except SdrError:
+        return None
+    return next((which for which, voices in LAYOUT_VOICES.items() if voices == count), None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -201,11 +201,13 @@ class WeightSWA(WeightAveraging):
         self.epochs = epochs
         self._averaging = False
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        if last is None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not (trainer.max_epochs or 0) > 0:  # checked before any training work
             raise ConfigError("callbacks.swa averages the last epochs of a run, so it needs trainer.max_epochs.")
-        self._averaging = trainer.current_epoch >= last - self.epochs
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._averaging = trainer.current_epoch >= trainer.max_epochs - self.epochs
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and self._averaging

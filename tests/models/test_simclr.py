@@ -3,9 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 import sdr_lightning.models.simclr as simclr_module
 from sdr_lightning.audio.features import LogMel
@@ -201,3 +203,65 @@ def test_datamodule_with_labels_serves_featurized_train_clips(synthetic_data: Pa
     batch = next(iter(dm.dataloader("TRAIN")))
     assert "features" in batch and set(batch["label"].tolist()) <= {UNLABELED, *range(10)}
     assert sum(label != UNLABELED for label in dm.datasets["TRAIN"].labels) == 40
+
+
+# ---- labels for the unlabeled speakers, by cluster (experiment=simclr_george_clusters) ----
+
+def test_cluster_labels_give_each_cluster_its_own_class_by_the_clusters_evidence() -> None:
+    from sdr_lightning.tasks.callbacks import cluster_labels
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(10), 20)
+    centres = rng.standard_normal((10, 16)) * 5
+    embeddings = centres[truth] + rng.standard_normal((200, 16)) * 0.1
+    # a weak classifier: per clip the true class gets a small edge under noise, so single clips are mostly wrong
+    log_probs = rng.standard_normal((200, 10))
+    log_probs[np.arange(200), truth] += 1.0
+    log_probs[truth == 3, 5] += 1.2  # class 3's clips lean to 5 even more: but only one cluster may take 5
+    assert (log_probs.argmax(1) == truth).mean() < 0.5 and (log_probs[truth == 3].mean(0).argmax() == 5)
+    labels = cluster_labels(embeddings, log_probs, num_classes=10, seed=0)
+    np.testing.assert_array_equal(labels, truth)
+    with pytest.raises(ValueError, match="9 clips cannot form 10 clusters"):
+        cluster_labels(embeddings[:9], log_probs[:9], num_classes=10)
+
+
+def cluster_stage_two(make_cfg, stage_one: Path, out: Path, *overrides: str) -> DictConfig:
+    return make_cfg("experiment=simclr_george_clusters", f"model.init_from={stage_one}", "debug=limit",
+                    "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1", "trainer.deterministic=true",
+                    "logger=csv", "report.splits=[]", f"paths.output_dir={out}", *overrides)
+
+
+def test_simclr_george_clusters_labels_every_unlabeled_speaker_and_resumes_exactly(make_cfg, tmp_path: Path) -> None:
+    short = ("debug=limit", "trainer.max_epochs=1", "logger=csv", "report.splits=[]")
+    train(make_cfg("experiment=simclr_george_best", *short, f"paths.output_dir={tmp_path / 'one'}"))
+    stage_one = tmp_path / "one" / "checkpoints" / "last.ckpt"
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(cluster_stage_two(make_cfg, stage_one, full, "callbacks.cluster_labels.every=0"))
+    first = torch.load(full / "checkpoints" / "epoch_000.ckpt", weights_only=True)
+    drawn = next(state for key, state in first["callbacks"].items() if "SpeakerClusterLabels" in key)["drawn"]
+    by_speaker: dict[str, set[int]] = {}
+    for identifier, label in drawn.items():
+        by_speaker.setdefault(identifier.split("_")[1], set()).add(label)
+    # george keeps his own labels; each other TRAIN speaker's 20 clips get all ten digits, one per cluster
+    assert by_speaker == {speaker: set(range(10)) for speaker in ("jackson", "nicolas", "theo")}
+    assert len(drawn) == 60
+    metrics = (full / "csv").rglob("metrics.csv")
+    assert any("pseudo_labels/accuracy" in path.read_text().splitlines()[0] for path in metrics)
+    # resumed after epoch 0 (no redraw at epoch 1), the labels come back from the checkpoint: the same last weights
+    train(cluster_stage_two(make_cfg, stage_one, resumed, "callbacks.cluster_labels.every=0",
+                            f"ckpt_path={full / 'checkpoints' / 'epoch_000.ckpt'}"))
+    last = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(got[key], last[key]) for key in last)
+
+
+def test_cluster_labels_refuse_bad_values_loader_workers_and_a_missing_stage_one(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.init_from is not set"):
+        train(make_cfg("experiment=simclr_george_clusters", "debug=fast_dev_run"))
+    for key, value in (("every", -1), ("start", "soon")):
+        with pytest.raises(ConfigError, match=f"callbacks.cluster_labels.{key}="):
+            train(make_cfg("experiment=simclr_george_clusters", "model.init_from=x.ckpt",
+                           f"callbacks.cluster_labels.{key}={value}"))
+    with pytest.raises(ConfigError, match="set data.num_workers=0"):
+        train(make_cfg("experiment=simclr_george_clusters", "model.init_from=x.ckpt", "debug=fast_dev_run",
+                       "data.num_workers=1"))

@@ -1,8 +1,9 @@
 """Lightning callbacks and plugins for robust training: exact resume (RNG states in checkpoints), a clean stop on a
 non-finite training loss (both in conf/callbacks/default.yaml), checkpoints written atomically
 (AtomicCheckpointIO, in conf/trainer/default.yaml's plugins), a clean finish to augmented training (CleanFinish,
-experiment=robust_cnn_clean) and averages of the weights: exponential (WeightEMA, callbacks/ema) or equal over the
-last epochs (WeightSWA, callbacks/swa)."""
+experiment=robust_cnn_clean), averages of the weights: exponential (WeightEMA, callbacks/ema) or equal over the
+last epochs (WeightSWA, callbacks/swa), and labels for unlabeled speakers from clusters of their clips
+(SpeakerClusterLabels, experiment=simclr_george_clusters)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, WeightAveraging
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
 from torch import Tensor
 
+from sdr_lightning.data.metadata import UNLABELED
 from sdr_lightning.errors import ConfigError, OutputError, SdrError
 from sdr_lightning.files import write_atomically
 
@@ -239,3 +243,112 @@ class WeightSWA(WeightAveraging):
         # resuming a fit from an averaging epoch: the average and the raw weights both come back
         if self._average_model is not None and "averaging_state" in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def cluster_labels(embeddings: np.ndarray, log_probs: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
+    """One speaker's clips, labeled by cluster: k-means with one cluster per class on the L2-normalised embeddings,
+    then each cluster gets a different class, the assignment that maximises the summed mean log-probabilities of the
+    clusters' clips (the Hungarian method). A speaker's clips of one digit sit far closer together than the same digit
+    said by two speakers, so a weak classifier's mistakes on an unheard voice average out over a cluster. It assumes
+    the speaker says every class (FSDD: 50 clips of each digit). (n, d) embeddings, (n, classes) log-probabilities
+    -> (n,) labels."""
+    if len(embeddings) < num_classes:
+        raise ValueError(f"{len(embeddings)} clips cannot form {num_classes} clusters, one per class.")
+    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    clusters = KMeans(num_classes, n_init=10, random_state=seed).fit_predict(x)
+    score = np.stack([log_probs[clusters == k].mean(axis=0) for k in range(num_classes)])
+    rows, classes = linear_sum_assignment(score, maximize=True)
+    return classes[np.argsort(rows)][clusters]
+
+
+class SpeakerClusterLabels(Callback):
+    """Labels for the unlabeled TRAIN speakers (data.labeled_speakers), from clusters of each speaker's clips
+    (`cluster_labels`), drawn at the start of epoch `start` and again every `every` epochs after it (0: only once).
+    The embeddings and log-probabilities are the model's on the clean clips (eval mode). From then on the supervised
+    loss also trains on those clips; the labeled speakers' own labels never change. Clustering a learned embedding and
+    labeling the clusters is SCAN's idea (Van Gansbeke et al., 2020); grouping by speaker is this task's: one
+    speaker's clips of a digit lie far closer together than two speakers' clips of it. `pseudo_labels/accuracy` logs
+    how many drawn labels match the clips' withheld ones (a diagnostic: training never reads them)."""
+
+    def __init__(self, start: int = 10, every: int = 2) -> None:
+        for key, value, least in (("start", start, 0), ("every", every, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"callbacks.cluster_labels.{key}={value!r}; use a whole number >= {least}.")
+        self.start, self.every = start, every
+        self.drawn: dict[str, int] = {}  # clip identifier -> its drawn label (saved in checkpoints, for a resume)
+        self._dataset, self._unlabeled = None, np.zeros(0, dtype=bool)  # which rows the datamodule left unlabeled
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        workers = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("num_workers", 0)
+        if stage == "fit" and workers:  # worker processes keep their own copy of the dataset's labels
+            raise ConfigError(f"callbacks.cluster_labels relabels the TRAIN dataset between epochs, which loader "
+                              f"workers would not see: set data.num_workers=0 (it is {workers}).")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drawn": dict(self.drawn)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.drawn = {str(k): int(v) for k, v in state_dict.get("drawn", {}).items()}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        dataset = datamodule.datasets["TRAIN"]
+        if dataset is not self._dataset:  # a dataset as built, before any label was drawn into it
+            self._dataset, self._unlabeled = dataset, np.array(dataset.labels) == UNLABELED
+        epoch = trainer.current_epoch
+        if epoch == self.start or (self.every and epoch > self.start and (epoch - self.start) % self.every == 0):
+            self.drawn = self.draw(datamodule, pl_module, seed=epoch)
+        if self.drawn:
+            self.apply(dataset)
+
+    def draw(self, datamodule: pl.LightningDataModule, model: pl.LightningModule, seed: int) -> dict[str, int]:
+        dataset = datamodule.datasets["TRAIN"]
+        embeddings, log_probs = self.embed(datamodule, model)
+        speakers = np.array([clip.speaker for clip in dataset.clips])
+        unlabeled = self._unlabeled
+        drawn, right, scored = {}, 0, 0
+        for speaker in sorted(set(speakers[unlabeled])):
+            rows = np.flatnonzero(unlabeled & (speakers == speaker))
+            if len(rows) < model.hparams.num_classes:
+                log.warning("Speaker %s has %d unlabeled clips, fewer than %d classes: left unlabeled.", speaker,
+                            len(rows), model.hparams.num_classes)
+                continue
+            labels = cluster_labels(embeddings[rows], log_probs[rows], model.hparams.num_classes, seed)
+            for row, label in zip(rows, labels):
+                clip = dataset.clips[row]
+                drawn[clip.identifier] = int(label)
+                if clip.label != UNLABELED:
+                    right, scored = right + int(clip.label == label), scored + 1
+        if scored:
+            model.log("pseudo_labels/accuracy", right / scored)
+            log.info("Epoch %d: labels drawn for %d unlabeled clips by cluster (%.3f match their withheld labels)",
+                     seed, len(drawn), right / scored)
+        return drawn
+
+    @staticmethod
+    def embed(datamodule: pl.LightningDataModule, model: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
+        """The model's embeddings and head log-probabilities (members' mean) of the clean TRAIN clips."""
+        dataset = datamodule.datasets["TRAIN"]
+        was_training, clean_only = model.training, getattr(dataset, "clean_only", False)
+        model.eval()
+        dataset.clean_only = True  # the clips themselves, never a bank copy (and no random draw)
+        embeddings, log_probs = [], []
+        try:
+            with torch.no_grad():
+                for batch in datamodule.dataloader("TRAIN"):
+                    batch = {key: value.to(model.device) for key, value in batch.items()}
+                    hidden = model.embed(batch)
+                    logits = model.head(hidden)
+                    scores = logits.log_softmax(-1)
+                    embeddings.append(hidden.float().cpu())
+                    log_probs.append((scores.mean(1) if scores.dim() == 3 else scores).float().cpu())
+        finally:
+            model.train(was_training)
+            dataset.clean_only = clean_only
+        return torch.cat(embeddings).numpy(), torch.cat(log_probs).numpy()
+
+    def apply(self, dataset: Any) -> None:
+        for row, clip in enumerate(dataset.clips):
+            if clip.identifier in self.drawn:
+                dataset.labels[row] = self.drawn[clip.identifier]
+                dataset.label_tensor[row] = self.drawn[clip.identifier]

@@ -4,8 +4,9 @@
     python benchmarks/generalization_targets.py --rows cnn linear --seeds 1 2
     python benchmarks/generalization_targets.py --dry-run             # print the commands only
 
-Each row is one Hydra multirun of `train.py` over `conf/experiment/<preset>.yaml`; runs go under --out. Model
-selection inside every run uses DEV only; TEST is read from each run's metrics.json.
+Each row is one Hydra multirun of `train.py` over `conf/experiment/<preset>.yaml`; runs go under --out. A second
+stage (`after`) runs once per seed instead, starting from its first stage's run of that seed (`model.init_from`, its
+last checkpoint). Model selection inside every run uses DEV only; TEST is read from each run's metrics.json.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Row:
     beats: str | None = None  # or: this many points above another row's mean
     margin: float = 0.0
     folds: bool = False  # the six leave-one-speaker-out folds instead of seeds
+    after: str | None = None  # a second stage: starts from this row's run of the same seed
 
 
 ROWS = [
@@ -44,21 +46,31 @@ ROWS = [
     Row("supervised_george", "supervised, george's labels only (SimCLR's reference)", "0.18", "supervised_george"),
     Row("simclr", "SimCLR probe, george's labels only (unlabeled: 4 training speakers)", "0.11",
         "simclr_george_best", beats="supervised_george", margin=0.05),
+    Row("simclr_clusters", "SimCLR, then the other speakers labeled by cluster (george's labels only)", "0.11",
+        "simclr_george_clusters", beats="supervised_george", margin=0.05, after="simclr"),
     Row("loso", "leave-one-speaker-out, cnn, mean of 6 folds", "-", "loso_cnn", target=0.95, folds=True),
 ]
 
 
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "report.projector=false",
+         "report.misclassified_audio=0"]
+
+
 def sweep(row: Row, seeds: list[int], out: Path, extra: list[str], dry_run: bool) -> list[dict]:
     folder = out / row.key
-    varying = "data.fold=0,1,2,3,4,5" if row.folds else "seed=" + ",".join(map(str, seeds))
-    command = [sys.executable, "train.py", "-m", f"experiment={row.preset}", varying,
-               f"hydra.sweep.dir={folder}", "trainer.enable_progress_bar=false",
-               "trainer.enable_model_summary=false", "report.projector=false", "report.misclassified_audio=0", *extra]
-    print("$ " + " ".join(command[1:]), flush=True)
-    if dry_run:
-        return []
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return [json.loads(path.read_text()) for path in sorted(folder.glob("*/metrics.json"))]
+    if row.after:  # one run per seed, each from the first stage's run of that seed (its sweep job, in seed order)
+        commands = [[sys.executable, "train.py", f"experiment={row.preset}", f"seed={seed}",
+                     f"model.init_from={out / row.after / str(job) / 'checkpoints' / 'last.ckpt'}",
+                     f"hydra.run.dir={folder / str(job)}", *QUIET, *extra] for job, seed in enumerate(seeds)]
+    else:
+        varying = "data.fold=0,1,2,3,4,5" if row.folds else "seed=" + ",".join(map(str, seeds))
+        commands = [[sys.executable, "train.py", "-m", f"experiment={row.preset}", varying,
+                     f"hydra.sweep.dir={folder}", *QUIET, *extra]]
+    for command in commands:
+        print("$ " + " ".join(command[1:]), flush=True)
+        if not dry_run:
+            subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [] if dry_run else [json.loads(path.read_text()) for path in sorted(folder.glob("*/metrics.json"))]
 
 
 def mean_std(values: list[float]) -> str:
@@ -76,8 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="sdr_targets_"))
     rows = [row for row in ROWS if row.key in args.rows]
-    if any(row.beats for row in rows):  # a relative target needs its reference row
-        wanted = {row.beats for row in rows if row.beats} | {row.key for row in rows}
+    if any(row.beats or row.after for row in rows):  # a relative target needs its reference row, a stage its first
+        wanted = {key for row in rows for key in (row.beats, row.after) if key} | {row.key for row in rows}
         rows = [row for row in ROWS if row.key in wanted]
 
     print(f"runs under {out}\n")

@@ -199,3 +199,20 @@ def test_digit_strings(cnn_run: dict, synthetic_data: Path, tmp_path: Path, monk
     assert figures["clean"]["0.5"]["insertions"] <= clean["insertions"]  # a gate only ever drops digits
     assert "room tone" in figures and figures["streaming"]["digits"] > 0
     assert "| clean |" in capsys.readouterr().out
+
+
+def test_generalization_targets_runs_a_second_stage_from_its_first_stages_runs(tmp_path: Path) -> None:
+    import subprocess
+
+    printed = subprocess.run([sys.executable, str(BENCHMARKS / "generalization_targets.py"), "--rows",
+                              "simclr_clusters", "--seeds", "3", "4", "--dry-run", "--out", str(tmp_path)],
+                             capture_output=True, text=True, check=True).stdout
+    commands = [line for line in printed.splitlines() if line.startswith("$ ")]
+    # the reference and the first stage first (multiruns over the seeds), then one second-stage run per seed
+    assert [c.split()[3 if " -m " in c else 2] for c in commands] == [
+        "experiment=supervised_george", "experiment=simclr_george_best", "experiment=simclr_george_clusters",
+        "experiment=simclr_george_clusters"]
+    for job, seed in enumerate((3, 4)):
+        stage_two = commands[2 + job]
+        assert f"seed={seed}" in stage_two
+        assert f"model.init_from={tmp_path / 'simclr' / str(job) / 'checkpoints' / 'last.ckpt'}" in stage_two

@@ -306,6 +306,25 @@ class DigitClassifier(pl.LightningModule):
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encoder(*self.augmented_features(batch))
 
+    def train_embeddings(self, datamodule: pl.LightningDataModule) -> tuple[Tensor, Tensor]:
+        """Encoder outputs (eval mode, no augmentation) of every TRAIN clip as itself (never a bank copy), and their
+        batch labels. Callable inside Lightning's loops (SimCLR's probe refit at test time)."""
+        dataset = datamodule.datasets["TRAIN"]
+        was_training, clean_only = self.training, getattr(dataset, "clean_only", False)
+        self.eval()
+        dataset.clean_only = True
+        embeddings, labels = [], []
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                for batch in datamodule.dataloader("TRAIN"):
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    embeddings.append(self.embed(batch).cpu())
+                    labels.append(batch["label"].cpu())
+        finally:
+            self.train(was_training)
+            dataset.clean_only = clean_only
+        return torch.cat(embeddings), torch.cat(labels)
+
     # ---- shared steps ----
     def supervised_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross entropy over the labeled clips; a batch without any gives 0 (not NaN, as a mean over none would).

@@ -208,16 +208,3 @@ class SimCLR(DigitClassifier):
         with torch.inference_mode(False), torch.no_grad():  # called inside Lightning's test loop too
             self.head.weight.copy_(torch.as_tensor(coef, dtype=self.head.weight.dtype))
             self.head.bias.copy_(torch.as_tensor(bias, dtype=self.head.bias.dtype))
-
-    def train_embeddings(self, datamodule: pl.LightningDataModule) -> tuple[Tensor, Tensor]:
-        """Encoder outputs (eval mode, no augmentation) of every TRAIN clip, and their batch labels."""
-        with torch.inference_mode(False), torch.no_grad():
-            was_training = self.training
-            self.eval()
-            embeddings, labels = [], []
-            for batch in datamodule.dataloader("TRAIN"):
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                embeddings.append(self.embed(batch).cpu())
-                labels.append(batch["label"].cpu())
-            self.train(was_training)
-        return torch.cat(embeddings), torch.cat(labels)

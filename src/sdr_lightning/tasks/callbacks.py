@@ -303,7 +303,11 @@ class SpeakerClusterLabels(Callback):
 
     def draw(self, datamodule: pl.LightningDataModule, model: pl.LightningModule, seed: int) -> dict[str, int]:
         dataset = datamodule.datasets["TRAIN"]
-        embeddings, log_probs = self.embed(datamodule, model)
+        embeddings, _ = model.train_embeddings(datamodule)
+        with torch.no_grad():
+            scores = model.head(embeddings.to(model.device)).float().log_softmax(-1).cpu()
+        log_probs = (scores.mean(1) if scores.dim() == 3 else scores).numpy()  # packed members: their mean
+        embeddings = embeddings.float().numpy()
         speakers = np.array([clip.speaker for clip in dataset.clips])
         unlabeled = self._unlabeled
         drawn, right, scored = {}, 0, 0
@@ -324,28 +328,6 @@ class SpeakerClusterLabels(Callback):
             log.info("Epoch %d: labels drawn for %d unlabeled clips by cluster (%.3f match their withheld labels)",
                      seed, len(drawn), right / scored)
         return drawn
-
-    @staticmethod
-    def embed(datamodule: pl.LightningDataModule, model: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
-        """The model's embeddings and head log-probabilities (members' mean) of the clean TRAIN clips."""
-        dataset = datamodule.datasets["TRAIN"]
-        was_training, clean_only = model.training, getattr(dataset, "clean_only", False)
-        model.eval()
-        dataset.clean_only = True  # the clips themselves, never a bank copy (and no random draw)
-        embeddings, log_probs = [], []
-        try:
-            with torch.no_grad():
-                for batch in datamodule.dataloader("TRAIN"):
-                    batch = {key: value.to(model.device) for key, value in batch.items()}
-                    hidden = model.embed(batch)
-                    logits = model.head(hidden)
-                    scores = logits.log_softmax(-1)
-                    embeddings.append(hidden.float().cpu())
-                    log_probs.append((scores.mean(1) if scores.dim() == 3 else scores).float().cpu())
-        finally:
-            model.train(was_training)
-            dataset.clean_only = clean_only
-        return torch.cat(embeddings).numpy(), torch.cat(log_probs).numpy()
 
     def apply(self, dataset: Any) -> None:
         for row, clip in enumerate(dataset.clips):

@@ -151,6 +151,17 @@ def test_robust_cnn_speakers_shifts_voices_both_ways_and_reports_the_last_epoch(
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["epoch_002.ckpt", "last.ckpt"]
 
 
+def test_robust_vit_clean_reports_the_last_epoch(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("experiment=robust_vit_clean", "debug=limit", "trainer.max_epochs=3",
+                   "callbacks.clean_finish.epochs=1", "data.augment_bank=2", "model.encoder.dim=16",
+                   "model.encoder.depth=1", "model.encoder.heads=2", "model.encoder.mlp_dim=16", "logger=csv",
+                   "report.splits=[]", "test=false", "model.optimizer.lr=1e-12")  # DEV best at epoch 0
+    assert cfg.callbacks.model_checkpoint.monitor is None  # twenty-fifth round: the last epoch, not DEV's best
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert Path(metrics["best_checkpoint"]).name == "epoch_002.ckpt"  # the last of 3, whatever DEV said
+
+
 def test_robust_cnn_voices_trains_on_the_espeak_voices_and_says_how_to_build_them(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("experiment=robust_cnn_voices", "debug=fast_dev_run")
     assert cfg.data.synthetic_voices == ".voices/train"  # the train set of data/voices.py, never its eval set

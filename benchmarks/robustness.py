@@ -3,6 +3,7 @@
 
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
         [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--folds 0,1,3,4] \
+        [--loso-checkpoint last] \
         [--suite robustness | --suite white_20db,reverb] [--split TEST] [--threads 2] [--out f.json]
 
 A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
@@ -11,7 +12,9 @@ one recipe) makes one column of their mean ± std. --loso takes a sweep of the s
 fold; with --loso-suite, each fold's checkpoint (its metrics.json's best_checkpoint) also goes under the suite on
 its held-out speaker (rows "LOSO <condition>": the mean over the folds, and the suite mean's worst fold; each fold's
 figures go to --out as "loso_folds"). --folds 0,1,3,4 keeps those folds only: the four whose held-out speaker is
-not a reference TEST speaker, where design decisions are made. --suite takes a suite's name or condition names,
+not a reference TEST speaker, where design decisions are made. --loso-checkpoint last scores each fold's last.ckpt
+instead of the checkpoint its metrics.json records (the end of training against the best on the validation speaker,
+for an old sweep). --suite takes a suite's name or condition names,
 comma-separated (--suite white_20db,reverb). The voices come from `python -m sdr_lightning.data.voices` (their
 eval set: voices no recipe trains on).
 """
@@ -68,6 +71,11 @@ def parse_suite(text: str) -> str | list[str]:
     return suite
 
 
+def clean_accuracy(checkpoint: Path, split: str, data: Path) -> float:
+    run = load_for_inference(checkpoint, data_dir=str(data))
+    return predict_split(run.model, run_datamodule(run, data_dir=str(data)), split).accuracy
+
+
 def score(checkpoint: Path, split: str, voices: Path | None, suite: str | list[str], data: Path
           ) -> dict[str, float]:
     run = load_for_inference(checkpoint, data_dir=str(data))
@@ -102,24 +110,44 @@ def fold_jobs(sweep: Path, folds: list[str] | None = None) -> dict[str, tuple[Pa
     return jobs
 
 
-def loso(sweep: Path, folds: list[str] | None = None) -> dict[str, float]:
-    values = np.array([float(metrics["test/acc"]) for _, metrics in fold_jobs(sweep, folds).values()])
+def fold_checkpoint(fold: str, job: Path, metrics: dict, which: str = "recorded") -> Path:
+    """A fold job's checkpoint: the one its metrics.json records (found in the job's checkpoints/ after a move), or
+    its last.ckpt (which="last": the end of training, whatever the validation speaker preferred)."""
+    if which == "last":
+        checkpoint = job / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise SystemExit(f"error: fold {fold} ({job}): no checkpoints/last.ckpt; --loso-checkpoint last needs "
+                             "the sweep's last checkpoints (or use --loso-checkpoint recorded)")
+        return checkpoint
+    recorded = Path(str(metrics.get("best_checkpoint", "")))
+    checkpoint = recorded if recorded.is_file() else job / "checkpoints" / recorded.name  # a moved sweep
+    if not recorded.name or not checkpoint.is_file():
+        raise SystemExit(f"error: fold {fold} ({job / 'metrics.json'}): its best_checkpoint {recorded} is not "
+                         "there; --loso-suite needs the sweep's checkpoints (drop --loso-suite for the clean "
+                         "figures alone)")
+    return checkpoint
+
+
+def loso(sweep: Path, folds: list[str] | None = None, which: str = "recorded", data: Path | None = None
+         ) -> dict[str, float]:
+    """Clean accuracy on each fold's held-out speaker: its metrics.json's test/acc (the recorded checkpoint's), or
+    for which="last" its last.ckpt scored here."""
+    jobs = fold_jobs(sweep, folds)
+    if which == "last":
+        values = np.array([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data)
+                           for fold, (job, metrics) in jobs.items()])
+    else:
+        values = np.array([float(metrics["test/acc"]) for _, metrics in jobs.values()])
     return {"LOSO mean": float(values.mean()), "LOSO worst fold": float(values.min()), "LOSO folds": len(values)}
 
 
-def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None
-               ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None,
+               which: str = "recorded") -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Each fold's checkpoint, clean and under the suite, on its own TEST split (the speaker it held out): the rows
     (means over the folds) and each fold's figures."""
     per_fold = {}
     for fold, (job, metrics) in fold_jobs(sweep, folds).items():
-        recorded = Path(str(metrics.get("best_checkpoint", "")))
-        checkpoint = recorded if recorded.is_file() else job / "checkpoints" / recorded.name  # a moved sweep
-        if not recorded.name or not checkpoint.is_file():
-            raise SystemExit(f"error: fold {fold} ({job / 'metrics.json'}): its best_checkpoint {recorded} is not "
-                             "there; --loso-suite needs the sweep's checkpoints (drop --loso-suite for the clean "
-                             "figures alone)")
-        per_fold[fold] = score(checkpoint, "TEST", None, suite, data)
+        per_fold[fold] = score(fold_checkpoint(fold, job, metrics, which), "TEST", None, suite, data)
     figures = list(per_fold.values())
     # clean is --loso's "LOSO mean" already
     rows = {f"LOSO {key}": float(np.mean([each[key] for each in figures])) for key in figures[0] if key != "clean"}
@@ -137,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="TEST")
     parser.add_argument("--suite", default="robustness",
                         help="a suite's name, or condition names separated by commas (default: robustness)")
+    parser.add_argument("--loso-checkpoint", choices=["recorded", "last"], default="recorded",
+                        help="--loso: each fold's checkpoint recorded in its metrics.json (the best on the "
+                        "validation speaker, or the last epoch for presets that keep it), or its last.ckpt")
     parser.add_argument("--folds", default=None,
                         help="--loso: these data.fold values only, comma-separated (0,1,3,4: the decision folds)")
     parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
@@ -159,9 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     loso_folds: dict[str, list[dict[str, dict[str, float]]]] = {}  # name -> one {fold: figures} per sweep
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
-            figures = loso(sweep, folds)
+            figures = loso(sweep, folds, args.loso_checkpoint,
+                           find_data(args.data) if args.loso_checkpoint == "last" else None)
             if args.loso_suite:
-                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds)
+                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint)
                 figures |= rows
                 loso_folds.setdefault(name, []).append(per_fold)
             for row, value in figures.items():

@@ -163,6 +163,15 @@ def test_robustness_loso_suite(cnn_run: dict, synthetic_data: Path, tmp_path: Pa
                          f"tiny={sweep}"])
     with pytest.raises(SystemExit, match=r"--suite quiet,hail: .*hail"):
         robustness.main(["--suite", "quiet,hail", "--loso", f"tiny={sweep}"])
+    # --loso-checkpoint last: fold 1's last.ckpt is scored (clean too, not metrics.json's 0.5); fold 0 has none
+    shutil.copy(checkpoint, sweep / "1_data.fold-1" / "checkpoints" / "last.ckpt")
+    robustness.main(["--suite", "telephone", "--folds", "1", "--data", str(synthetic_data), "--loso", f"tiny={sweep}",
+                     "--loso-suite", "--loso-checkpoint", "last", "--out", str(out)])
+    column = json.loads(out.read_text())["columns"]["tiny"]
+    assert column["LOSO mean"] == [pytest.approx(scored["clean"])] != [0.5]
+    assert column["LOSO telephone"] == [pytest.approx(scored["telephone"])]
+    with pytest.raises(SystemExit, match=r"fold 0 .*no checkpoints/last.ckpt"):
+        robustness.main(["--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-checkpoint", "last"])
     (sweep / "1_data.fold-1" / "checkpoints" / checkpoint.name).unlink()
     with pytest.raises(SystemExit, match=r"fold 1 .*best_checkpoint .* is not there"):
         robustness.main(["--suite", "small", "--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-suite"])

@@ -134,11 +134,14 @@ def loso(sweep: Path, folds: list[str] | None = None, which: str = "recorded", d
     for which="last" its last.ckpt scored here."""
     jobs = fold_jobs(sweep, folds)
     if which == "last":
-        values = np.array([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data)
-                           for fold, (job, metrics) in jobs.items()])
-    else:
-        values = np.array([float(metrics["test/acc"]) for _, metrics in jobs.values()])
-    return {"LOSO mean": float(values.mean()), "LOSO worst fold": float(values.min()), "LOSO folds": len(values)}
+        return loso_rows([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data)
+                          for fold, (job, metrics) in jobs.items()])
+    return loso_rows([float(metrics["test/acc"]) for _, metrics in jobs.values()])
+
+
+def loso_rows(clean: list[float]) -> dict[str, float]:
+    """The folds' clean accuracies as the table's LOSO rows."""
+    return {"LOSO mean": float(np.mean(clean)), "LOSO worst fold": float(np.min(clean)), "LOSO folds": len(clean)}
 
 
 def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None,
@@ -190,12 +193,16 @@ def main(argv: list[str] | None = None) -> None:
     loso_folds: dict[str, list[dict[str, dict[str, float]]]] = {}  # name -> one {fold: figures} per sweep
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
-            figures = loso(sweep, folds, args.loso_checkpoint,
-                           find_data(args.data) if args.loso_checkpoint == "last" else None)
             if args.loso_suite:
                 rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint)
-                figures |= rows
+                # last.ckpt's clean figures were just scored; the recorded ones are in metrics.json
+                clean = (loso_rows([each["clean"] for each in per_fold.values()])
+                         if args.loso_checkpoint == "last" else loso(sweep, folds))
+                figures = clean | rows
                 loso_folds.setdefault(name, []).append(per_fold)
+            else:
+                figures = loso(sweep, folds, args.loso_checkpoint,
+                               find_data(args.data) if args.loso_checkpoint == "last" else None)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:

@@ -3,7 +3,7 @@
 
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
         [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--folds 0,1,3,4] \
-        [--loso-checkpoint last] \
+        [--loso-checkpoint last] [--adapt 30] \
         [--suite robustness | --suite white_20db,reverb] [--split TEST] [--threads 2] [--out f.json]
 
 A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
@@ -15,7 +15,9 @@ figures go to --out as "loso_folds"). --folds 0,1,3,4 keeps those folds only: th
 not a reference TEST speaker, where design decisions are made. --loso-checkpoint last scores each fold's last.ckpt
 instead of the checkpoint its metrics.json records (the end of training against the best on the validation speaker,
 for an old sweep). --suite takes a suite's name or condition names,
-comma-separated (--suite white_20db,reverb). The voices come from `python -m sdr_lightning.data.voices` (their
+comma-separated (--suite white_20db,reverb). --adapt N re-estimates the model's BatchNorm statistics on N unlabeled
+clips of each scored set before scoring it (test-time adaptation, python adapt.py; 0: all of its clips). The voices
+come from `python -m sdr_lightning.data.voices` (their
 eval set: voices no recipe trains on).
 """
 
@@ -30,9 +32,13 @@ import numpy as np
 import torch
 from _common import configure, find_data, machine, markdown_table, write_json  # benchmarks/_common.py
 
+from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data import conditions
+from sdr_lightning.data.folder import NOT_CLIPS
+from sdr_lightning.models.adapt import adapt_batchnorm, dataset_batches, waveform_batches
 from sdr_lightning.tasks.checkpoint import load_for_inference, run_datamodule
 from sdr_lightning.tasks.evaluate import predict_folder, predict_split
+from sdr_lightning.tasks.predict import find_audio
 
 # issue 15's targets, by row (TEST unless said otherwise)
 TARGETS = {"clean": ">= 0.97", "white_20db": ">= 0.95", "white_10db": ">= 0.90", "white_5db": ">= 0.80",
@@ -71,23 +77,58 @@ def parse_suite(text: str) -> str | list[str]:
     return suite
 
 
-def clean_accuracy(checkpoint: Path, split: str, data: Path) -> float:
-    run = load_for_inference(checkpoint, data_dir=str(data))
-    return predict_split(run.model, run_datamodule(run, data_dir=str(data)), split).accuracy
-
-
-def score(checkpoint: Path, split: str, voices: Path | None, suite: str | list[str], data: Path
-          ) -> dict[str, float]:
+def clean_accuracy(checkpoint: Path, split: str, data: Path, adapt: int | None = None) -> float:
     run = load_for_inference(checkpoint, data_dir=str(data))
     datamodule = run_datamodule(run, data_dir=str(data))
-    figures = {"clean": predict_split(run.model, datamodule, split).accuracy}
+    return Scorer(run.model, datamodule, adapt).accuracy(split)
+
+
+class Scorer:
+    """A model's accuracy on a split, or on a split under a condition; with `adapt` (a number of clips, 0: all), its
+    BatchNorm statistics first re-estimated on that many of the same set's clips, from the checkpoint's each time
+    (models/adapt.py: test-time adaptation, which sees the scored setting's clips without their labels)."""
+
+    def __init__(self, model: torch.nn.Module, datamodule, adapt: int | None = None) -> None:
+        if adapt is not None and model.needs_probe_refit:
+            raise SystemExit(f"error: --adapt: a {type(model).__name__} is scored through a probe refit on its TRAIN "
+                             "clips, which adaptation would leave behind; adapt supervised runs only")
+        self.model, self.datamodule, self.adapt = model, datamodule, adapt
+        self.state = {key: value.clone() for key, value in model.state_dict().items()}
+
+    def accuracy(self, split: str, dataset=None) -> float:
+        if self.adapt is not None:
+            self.model.load_state_dict(self.state)
+            batches = dataset_batches(self.datamodule.datasets[split] if dataset is None else dataset,
+                                      self.datamodule.hparams.batch_size, self.adapt)
+            adapt_batchnorm(self.model, batches)
+        return predict_split(self.model, self.datamodule, split, dataset=dataset).accuracy
+
+    def folder_accuracy(self, folder: Path) -> float:
+        if self.adapt is not None:
+            self.model.load_state_dict(self.state)
+            paths = sorted(find_audio(str(folder)), key=str)
+            rate = int(self.model.featurizer.sample_rate)
+            waveforms = [load_audio(p, rate) for p in paths if p.suffix.lower() not in NOT_CLIPS]
+            chosen = torch.randperm(len(waveforms), generator=torch.Generator().manual_seed(0)).tolist()
+            chosen = chosen[:self.adapt] if self.adapt else chosen
+            adapt_batchnorm(self.model, waveform_batches(self.model, [waveforms[i] for i in chosen],
+                                                         self.datamodule.hparams.batch_size))
+        return predict_folder(self.model, folder).accuracy
+
+
+def score(checkpoint: Path, split: str, voices: Path | None, suite: str | list[str], data: Path,
+          adapt: int | None = None) -> dict[str, float]:
+    run = load_for_inference(checkpoint, data_dir=str(data))
+    datamodule = run_datamodule(run, data_dir=str(data))
+    scorer = Scorer(run.model, datamodule, adapt)
+    figures = {"clean": scorer.accuracy(split)}
     for condition in conditions.suite(suite):
         dataset = datamodule.condition_dataset(split, condition)
-        figures[condition.name] = predict_split(run.model, datamodule, split, dataset=dataset).accuracy
+        figures[condition.name] = scorer.accuracy(split, dataset)
         print(f"  {checkpoint.parent.parent.name}: {condition.name} {figures[condition.name]:.4f}", flush=True)
     figures["suite mean"] = float(np.mean([figures[c.name] for c in conditions.suite(suite)]))
     if voices is not None:
-        figures["espeak voices"] = predict_folder(run.model, voices).accuracy
+        figures["espeak voices"] = scorer.folder_accuracy(voices)
     return figures
 
 
@@ -128,13 +169,13 @@ def fold_checkpoint(fold: str, job: Path, metrics: dict, which: str = "recorded"
     return checkpoint
 
 
-def loso(sweep: Path, folds: list[str] | None = None, which: str = "recorded", data: Path | None = None
-         ) -> dict[str, float]:
+def loso(sweep: Path, folds: list[str] | None = None, which: str = "recorded", data: Path | None = None,
+         adapt: int | None = None) -> dict[str, float]:
     """Clean accuracy on each fold's held-out speaker: its metrics.json's test/acc (the recorded checkpoint's), or
     for which="last" its last.ckpt scored here."""
     jobs = fold_jobs(sweep, folds)
-    if which == "last":
-        return loso_rows([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data)
+    if which == "last" or adapt is not None:
+        return loso_rows([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data, adapt)
                           for fold, (job, metrics) in jobs.items()])
     return loso_rows([float(metrics["test/acc"]) for _, metrics in jobs.values()])
 
@@ -145,12 +186,13 @@ def loso_rows(clean: list[float]) -> dict[str, float]:
 
 
 def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None,
-               which: str = "recorded") -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+               which: str = "recorded", adapt: int | None = None
+               ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Each fold's checkpoint, clean and under the suite, on its own TEST split (the speaker it held out): the rows
     (means over the folds) and each fold's figures."""
     per_fold = {}
     for fold, (job, metrics) in fold_jobs(sweep, folds).items():
-        per_fold[fold] = score(fold_checkpoint(fold, job, metrics, which), "TEST", None, suite, data)
+        per_fold[fold] = score(fold_checkpoint(fold, job, metrics, which), "TEST", None, suite, data, adapt)
     figures = list(per_fold.values())
     # clean is --loso's "LOSO mean" already
     rows = {f"LOSO {key}": float(np.mean([each[key] for each in figures])) for key in figures[0] if key != "clean"}
@@ -173,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
                         "validation speaker, or the last epoch for presets that keep it), or its last.ckpt")
     parser.add_argument("--folds", default=None,
                         help="--loso: these data.fold values only, comma-separated (0,1,3,4: the decision folds)")
+    parser.add_argument("--adapt", type=int, default=None, metavar="N",
+                        help="test-time adaptation: before scoring each set (a split, a condition, the voices), "
+                        "re-estimate the model's BatchNorm statistics on N of its clips, unlabeled (0: all of them); "
+                        "a protocol of its own, which sees the scored setting")
     parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
                         "(default: $SDR_DATA_DIR, ../shared/speech_data, speech_data)")
     parser.add_argument("--threads", type=int, default=None)
@@ -182,27 +228,30 @@ def main(argv: list[str] | None = None) -> None:
     folds = [fold.strip() for fold in args.folds.split(",") if fold.strip()] if args.folds else None
     configure(args.threads)
     voices = args.voices or (Path(".voices/eval") if Path(".voices/eval/SDR_metadata.tsv").is_file() else None)
-    print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}\n",
-          flush=True)
+    adapted = "" if args.adapt is None else f"; BatchNorm adapted to {args.adapt or 'all'} clips of each scored set"
+    print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}"
+          f"{adapted}\n", flush=True)
     columns: dict[str, dict[str, list[float]]] = {}  # name -> row -> one value per run
     for name, checkpoints in named(args.checkpoints).items():
         for checkpoint in checkpoints:
-            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data))
+            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data), args.adapt)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     loso_folds: dict[str, list[dict[str, dict[str, float]]]] = {}  # name -> one {fold: figures} per sweep
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
             if args.loso_suite:
-                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint)
-                # last.ckpt's clean figures were just scored; the recorded ones are in metrics.json
+                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint,
+                                            args.adapt)
+                # clean was just scored (last.ckpt, or adapted); the recorded checkpoint's is in metrics.json
                 clean = (loso_rows([each["clean"] for each in per_fold.values()])
-                         if args.loso_checkpoint == "last" else loso(sweep, folds))
+                         if args.loso_checkpoint == "last" or args.adapt is not None else loso(sweep, folds))
                 figures = clean | rows
                 loso_folds.setdefault(name, []).append(per_fold)
             else:
-                figures = loso(sweep, folds, args.loso_checkpoint,
-                               find_data(args.data) if args.loso_checkpoint == "last" else None)
+                scored_here = args.loso_checkpoint == "last" or args.adapt is not None
+                figures = loso(sweep, folds, args.loso_checkpoint, find_data(args.data) if scored_here else None,
+                               args.adapt)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:
@@ -212,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     table = [[row, TARGETS.get(row, ""), *(cell(columns[c][row]) if row in columns[c] else "-" for c in columns)]
              for row in rows if row != "LOSO folds"]
     print("\n" + markdown_table(["condition", "target", *columns], table))
-    write_json(args.out, {"machine": machine(), "split": args.split, "columns": columns}
+    write_json(args.out, {"machine": machine(), "split": args.split, "adapt": args.adapt, "columns": columns}
                | ({"loso_folds": loso_folds} if loso_folds else {}))
 
 

@@ -177,6 +177,40 @@ def test_robustness_loso_suite(cnn_run: dict, synthetic_data: Path, tmp_path: Pa
         robustness.main(["--suite", "small", "--data", str(synthetic_data), "--loso", f"tiny={sweep}", "--loso-suite"])
 
 
+def test_robustness_adapt(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--adapt N: each scored set's accuracy after the checkpoint's BatchNorm statistics are re-estimated on N of
+    that set's clips, starting from the checkpoint's own statistics every time."""
+    import torch
+
+    from sdr_lightning.data import conditions
+    from sdr_lightning.models.adapt import adapt_batchnorm, dataset_batches
+    from sdr_lightning.tasks.checkpoint import load_for_inference, run_datamodule
+    from sdr_lightning.tasks.evaluate import predict_split
+
+    monkeypatch.setitem(conditions.SUITES, "small", ["quiet", "telephone"])
+    robustness = load("robustness", monkeypatch)
+    checkpoint = Path(cnn_run["best_checkpoint"])
+    out = tmp_path / "adapted.json"
+    robustness.main([f"tiny={checkpoint}", "--suite", "small", "--data", str(synthetic_data), "--adapt", "8",
+                     "--voices", str(synthetic_data), "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["adapt"] == 8
+    column = written["columns"]["tiny"]
+    # by hand: telephone after the statistics of 8 of its clips, from the checkpoint's statistics
+    run = load_for_inference(checkpoint, data_dir=str(synthetic_data))
+    datamodule = run_datamodule(run, data_dir=str(synthetic_data))
+    telephone = datamodule.condition_dataset("TEST", conditions.suite(["telephone"])[0])
+    before = predict_split(run.model, datamodule, "TEST", dataset=telephone)
+    adapt_batchnorm(run.model, dataset_batches(telephone, datamodule.hparams.batch_size, clips=8))
+    after = predict_split(run.model, datamodule, "TEST", dataset=telephone)
+    assert column["telephone"] == [pytest.approx(after.accuracy)]
+    assert not torch.allclose(torch.as_tensor(before.probabilities), torch.as_tensor(after.probabilities))
+    plain = robustness.score(checkpoint, "TEST", None, "small", synthetic_data)
+    assert set(column) >= {"clean", "quiet", "telephone", "espeak voices"} and plain["telephone"] == pytest.approx(
+        before.accuracy)
+
+
 def test_dropout_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "dropout.json"
     load("dropout_mask", monkeypatch).main(["--shape", "4", "8", "16", "--repeats", "2", "--out", str(out)])

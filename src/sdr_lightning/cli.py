@@ -7,6 +7,7 @@ both call these functions.
 | eval.py / sdr-eval | conf/eval.yaml | sdr_lightning.tasks.evaluate.evaluate |
 | predict.py / sdr-predict | conf/predict.yaml | sdr_lightning.tasks.predict.predict |
 | export.py / sdr-export | conf/export.yaml | sdr_lightning.tasks.export.export |
+| adapt.py / sdr-adapt | conf/adapt.yaml | sdr_lightning.tasks.adapt.adapt (BatchNorm statistics of new recordings) |
 | compare.py / sdr-compare | (arguments) | sdr_lightning.analysis.compare.main |
 | sdr-significance | (arguments) | sdr_lightning.analysis.significance.main |
 | sdr-voices | (arguments) | sdr_lightning.data.voices.main (espeak-ng's synthetic voices) |
@@ -97,6 +98,7 @@ train = hydra_command("train", "sdr_lightning.tasks.train:train", resumable=True
 evaluate = hydra_command("eval", "sdr_lightning.tasks.evaluate:evaluate")
 predict = hydra_command("predict", "sdr_lightning.tasks.predict:predict")
 export = hydra_command("export", "sdr_lightning.tasks.export:export")
+adapt = hydra_command("adapt", "sdr_lightning.tasks.adapt:adapt")
 compare = argparse_command("sdr_lightning.analysis.compare")
 significance = argparse_command("sdr_lightning.analysis.significance")
 voices = argparse_command("sdr_lightning.data.voices")

@@ -36,8 +36,19 @@ def run_dir_of(ckpt_path: str) -> str:
     return str(Path(ckpt_path).expanduser().resolve().parent.parent)
 
 
+def export_dir_of(ckpt_path: str) -> str:
+    """`${sdr.export_dir:<ckpt_path>}`: where export.py writes by default, <run>/export; for a checkpoint adapted by
+    adapt.py (<run>/adapted/<name>.ckpt), <run>/adapted/<name>_export, so it never replaces the run's own export."""
+    checkpoint = Path(ckpt_path).expanduser().resolve()
+    if checkpoint.parent.name == "adapted":
+        return str(checkpoint.parent / f"{checkpoint.stem}_export")
+    return str(Path(run_dir_of(ckpt_path)) / "export")
+
+
 if not OmegaConf.has_resolver("sdr.run_dir"):
     OmegaConf.register_new_resolver("sdr.run_dir", run_dir_of)
+if not OmegaConf.has_resolver("sdr.export_dir"):
+    OmegaConf.register_new_resolver("sdr.export_dir", export_dir_of)
 
 
 class UnsafeTargetError(ConfigError):

@@ -162,6 +162,22 @@ def test_robust_vit_clean_reports_the_last_epoch(make_cfg, tmp_path: Path) -> No
     assert Path(metrics["best_checkpoint"]).name == "epoch_002.ckpt"  # the last of 3, whatever DEV said
 
 
+def test_the_default_cnn_reports_its_last_epoch_and_the_tuned_presets_the_best_on_dev(make_cfg, tmp_path: Path,
+                                                                                    capsys) -> None:
+    """Twenty-sixth round: `python train.py` (model=cnn) keeps its last epoch; the presets tuned and reported with the
+    best on DEV keep it."""
+    for preset in ("experiment=best_cnn", "experiment=cnn_ensemble", "experiment=loso_cnn", "experiment=study_cnn",
+                   "experiment=study_cnn_george", "hparams_search=cnn_optuna", "model=vit", "model=bcresnet"):
+        assert make_cfg(preset).callbacks.model_checkpoint.monitor == "val/acc", preset
+    assert make_cfg("model=cnn", "callbacks.model_checkpoint.monitor=val/acc").callbacks.model_checkpoint.monitor
+    cfg = make_cfg("debug=limit", "trainer.max_epochs=3", "model.encoder.channels=8", "logger=csv",
+                   "report.splits=[]", "test=false", "model.optimizer.lr=1e-12")  # DEV best at epoch 0
+    assert cfg.callbacks.model_checkpoint.monitor is None
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert Path(metrics["best_checkpoint"]).name == "epoch_002.ckpt"  # the last of 3, whatever DEV said
+    assert f"checkpoint: {metrics['best_checkpoint']} (the last epoch)" in capsys.readouterr().out
+
 def test_robust_cnn_voices_trains_on_the_espeak_voices_and_says_how_to_build_them(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("experiment=robust_cnn_voices", "debug=fast_dev_run")
     assert cfg.data.synthetic_voices == ".voices/train"  # the train set of data/voices.py, never its eval set

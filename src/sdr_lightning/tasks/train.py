@@ -234,7 +234,9 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], output_dir: Path) ->
         f"run directory: {output_dir}",
     ]
     if metrics["best_checkpoint"]:
-        lines.append(f"best checkpoint: {metrics['best_checkpoint']}")
+        monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
+        kept = f"the best on DEV's {monitor}" if monitor else "the last epoch"
+        lines.append(f"checkpoint: {metrics['best_checkpoint']} ({kept})")
     print("\n".join(["", *lines]), flush=True)
 
 

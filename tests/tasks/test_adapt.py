@@ -1,0 +1,152 @@
+"""adapt.py: BatchNorm statistics re-estimated on unlabeled clips (models/adapt.py), written as a checkpoint that the
+other commands load like any other."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from sdr_lightning.audio.io import load_audio
+from sdr_lightning.errors import ConfigError, DataError
+from sdr_lightning.models.adapt import adapt_batchnorm, batchnorm_layers, waveform_batches
+from sdr_lightning.tasks.adapt import adapt
+from sdr_lightning.tasks.checkpoint import load_checkpoint, read_checkpoint
+from sdr_lightning.tasks.predict import predict_files
+from tests.helpers import compose
+
+
+def adapt_cfg(tmp_path: Path, *overrides: str):
+    cfg = compose(tmp_path, list(overrides), config_name="adapt")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def shifted_clips(source: Path, folder: Path, count: int = 12, gain: float = 4.0) -> Path:
+    """`count` of the synthetic clips, louder and with a hum: a setting whose statistics differ from training's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.wav"))[:count]:
+        wave, rate = soundfile.read(path, dtype="float32")
+        hum = 0.05 * np.sin(2 * np.pi * 120 * np.arange(len(wave)) / rate)
+        soundfile.write(folder / path.name, np.clip(gain * wave + hum, -1, 1).astype(np.float32), rate)
+    return folder
+
+
+@pytest.fixture
+def run_copy(cnn_run: dict, tmp_path: Path) -> Path:
+    """The tiny CNN run's folder copied, so the adapted checkpoint written into it leaves the shared run alone."""
+    source = Path(cnn_run["best_checkpoint"]).parent.parent
+    copy = tmp_path / "run"
+    shutil.copytree(source, copy)
+    return copy / "checkpoints" / Path(cnn_run["best_checkpoint"]).name
+
+
+def test_adapt_batchnorm_gives_the_batches_statistics_and_changes_nothing_else(cnn_run: dict, synthetic_data: Path
+                                                                              ) -> None:
+    model = load_checkpoint(cnn_run["best_checkpoint"]).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    waveforms = [load_audio(p) for p in sorted(synthetic_data.glob("*.wav"))[:40]]
+    batches = waveform_batches(model, waveforms, batch_size=16)
+    assert [len(b["feature_lengths"]) for b in batches] == [16, 16, 8]
+    first = batchnorm_layers(model)[0]
+    inputs = []
+    hook = first.register_forward_hook(lambda module, args, output: inputs.append(args[0].detach()))
+    assert adapt_batchnorm(model, batches) == 40
+    hook.remove()
+    assert not model.training and all(not m.training for m in model.modules())
+    # the cumulative average of each batch's mean and unbiased variance over (clips, frames), padding included
+    means = torch.stack([x.mean(dim=(0, 2)) for x in inputs]).mean(0)
+    variances = torch.stack([x.var(dim=(0, 2), unbiased=True) for x in inputs]).mean(0)
+    torch.testing.assert_close(first.running_mean, means)
+    torch.testing.assert_close(first.running_var, variances)
+    name = next(n for n, m in model.named_modules() if m is first)
+    assert not torch.allclose(first.running_mean, before[f"{name}.running_mean"])
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    # the same clips again give the same statistics: the old ones are replaced, not blended
+    again = {k: v.clone() for k, v in model.state_dict().items()}
+    adapt_batchnorm(model, batches)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, again[key])
+
+
+def test_adapt_command_writes_a_checkpoint_that_predict_loads(run_copy: Path, synthetic_data: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    clips = shifted_clips(synthetic_data, tmp_path / "my_voice")
+    out = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={clips}"))
+    assert out == run_copy.parent.parent / "adapted" / "my_voice.ckpt"
+    assert "adapted checkpoint:" in capsys.readouterr().out
+    saved = read_checkpoint(out)
+    assert saved["adapted"]["clips"] == 12 and saved["adapted"]["from"] == str(run_copy.resolve())
+    original, adapted = load_checkpoint(run_copy).model, load_checkpoint(out).model
+    bn = batchnorm_layers(adapted)[0]
+    assert not torch.allclose(bn.running_mean, batchnorm_layers(original)[0].running_mean)
+    # what the file holds is what adapting in memory gives
+    expected = load_checkpoint(run_copy).model
+    adapt_batchnorm(expected, waveform_batches(expected, [load_audio(p) for p in sorted(clips.iterdir())], 16))
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(adapted.state_dict()[key], value)
+    results = predict_files(adapted, sorted(clips.iterdir()))
+    assert all(r.error is None and r.digit is not None for r in results)
+    # never where training looks for a checkpoint to resume from
+    assert not list((run_copy.parent).glob("*my_voice*"))
+
+
+def test_adapt_refuses_too_few_clips_and_an_existing_output(run_copy: Path, synthetic_data: Path,
+                                                            tmp_path: Path, capsys) -> None:
+    few = shifted_clips(synthetic_data, tmp_path / "few", count=3)
+    (few / "labels.csv").write_text("file,label\n")  # not a clip: skipped without a word
+    (few / "broken.wav").write_bytes(b"")  # a clip that does not decode: listed, left out
+    with pytest.raises(DataError, match=r"3 clip\(s\) decoded, fewer than min_clips=10"):
+        adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}"))
+    printed = capsys.readouterr().out
+    assert "left out:" in printed and "broken.wav" in printed and "labels.csv" not in printed
+    assert not (run_copy.parent.parent / "adapted").exists()
+    out = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}", "min_clips=3"))
+    written = out.stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="exists already; give another out=, or overwrite=true"):
+        adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}", "min_clips=3"))
+    assert out.stat().st_mtime_ns == written
+    elsewhere = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}", "min_clips=3",
+                                f"out={tmp_path / 'mine.ckpt'}"))
+    assert load_checkpoint(elsewhere, run_copy.parent.parent).model is not None
+
+
+def test_a_model_without_batchnorm_has_nothing_to_adapt(make_cfg) -> None:
+    from hydra.utils import instantiate
+
+    vit = instantiate(make_cfg("model=vit").model, _recursive_=False, _convert_="all")
+    assert batchnorm_layers(vit) == []
+    assert len(batchnorm_layers(instantiate(make_cfg().model, _recursive_=False, _convert_="all"))) > 0
+
+
+
+def test_an_adapted_checkpoint_exports_beside_itself_not_over_the_runs_export(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    own = compose(tmp_path, [f"ckpt_path={run}/checkpoints/last.ckpt"], config_name="export")
+    GlobalHydra.instance().clear()
+    adapted = compose(tmp_path, [f"ckpt_path={run}/adapted/my_voice.ckpt"], config_name="export")
+    GlobalHydra.instance().clear()
+    assert own.output_dir == str(run.resolve() / "export")
+    assert adapted.output_dir == str(run.resolve() / "adapted" / "my_voice_export")
+
+
+@pytest.mark.slow
+def test_the_adapt_command_runs_and_refuses_with_one_line(run_copy: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    clips = shifted_clips(synthetic_data, tmp_path / "room")
+    done = subprocess.run([sys.executable, str(ROOT / "adapt.py"), f"ckpt_path={run_copy}", f"audio={clips}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (run_copy.parent.parent / "adapted" / "room.ckpt").is_file() and "adapted checkpoint:" in done.stdout
+    refused = subprocess.run([sys.executable, str(ROOT / "adapt.py"), f"ckpt_path={run_copy}", f"audio={clips}",
+                              "min_clips=50", "overwrite=true"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "error: audio=" in refused.stderr and "fewer than min_clips=50" in refused.stderr

@@ -70,6 +70,8 @@ def ddp_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         [sys.executable, "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=cnn",
          "seed=3", "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "data.batch_size=8",
          "data.eval_batch_size=5", "report.projector=false", "report.misclassified_audio=0", *QUIET,
+         # the best on DEV (model=cnn keeps its last epoch by default): the synced DEV accuracy chooses the checkpoint
+         "callbacks.model_checkpoint.monitor=val/acc",
          "+callbacks.indices._target_=tests.tasks.test_ddp.BatchIndexRecorder", f"+callbacks.indices.folder={indices}"],
         cwd=ROOT, env=sweep_env(synthetic_data, tmp_path), capture_output=True, text=True, timeout=300,
     )

@@ -144,3 +144,25 @@ def test_allow_list_accepts_the_project_own_targets(tmp_path: Path) -> None:
     for bad in ("os.system", "torch.load", "sdr_lightning", "sdr_lightning.nothing.Here", "torch.optimizer.X", 3):
         with pytest.raises(UnsafeTargetError):
             check_target(bad, "x")
+
+
+def test_scoring_a_run_needs_none_of_the_synthetic_voices_it_trained_on(cnn_run: dict, synthetic_data: Path,
+                                                                        tmp_path: Path) -> None:
+    """A run trained with data.synthetic_voices is scored without them (moved, deleted, another working folder);
+    only a stage that reads TRAIN (SimCLR's probe refit) still needs them, and says how to write them."""
+    from sdr_lightning.errors import ConfigError
+    from sdr_lightning.tasks.checkpoint import run_datamodule
+    from sdr_lightning.tasks.evaluate import predict_split
+
+    source = Path(cnn_run["best_checkpoint"]).parent.parent
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    config.data.synthetic_voices = str(tmp_path / "gone" / "train")
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
+    checkpoint = run_dir / "checkpoints" / Path(cnn_run["best_checkpoint"]).name
+    datamodule = run_datamodule(load_checkpoint(checkpoint), data_dir=str(synthetic_data))
+    assert datamodule.hparams.synthetic_voices is None
+    assert 0 <= predict_split(load_checkpoint(checkpoint).model, datamodule, "TEST").accuracy <= 1
+    with pytest.raises(ConfigError, match=r"data.synthetic_voices=.*gone.*python -m sdr_lightning.data.voices"):
+        run_datamodule(load_checkpoint(checkpoint), data_dir=str(synthetic_data), stage="fit")

@@ -122,6 +122,8 @@ def run_datamodule(run: LoadedRun, paths: DictConfig | None = None, data_dir: st
                    stage: str = "test") -> Any:
     """The run's datamodule (its split and settings, on this machine's `paths`, or `data_dir`), set up for its model.
     `paths` null: this machine's defaults (conf/paths/default.yaml, SDR_DATA_DIR etc.), as a command would see them."""
+    from sdr_lightning.data.metadata import METADATA_FILENAME
+
     config = run.config
     if paths is None:
         paths = compose_config(config_name="predict").paths
@@ -129,6 +131,12 @@ def run_datamodule(run: LoadedRun, paths: DictConfig | None = None, data_dir: st
         config.paths = paths  # this machine's SDR_DATA_DIR etc.
         if data_dir:
             config.data.dir = data_dir
+        voices = config.data.get("synthetic_voices")
+        if stage != "fit" and voices and not (Path(str(voices)).expanduser() / METADATA_FILENAME).is_file():
+            # TRAIN's synthetic voices only ever trained the model: scoring it needs none of them
+            log.info("data.synthetic_voices=%s (the voices this run trained on) is not here; evaluation does not "
+                     "need them", voices)
+            config.data.synthetic_voices = None
     datamodule = instantiate_part("data", config.data)
     datamodule.prepare_data()
     datamodule.setup(stage, model=run.model)

@@ -3,7 +3,7 @@
 
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
         [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--folds 0,1,3,4] \
-        [--loso-checkpoint last] [--adapt 30] \
+        [--loso-checkpoint last] [--adapt 30 [--adapt-prior 30]] \
         [--suite robustness | --suite white_20db,reverb] [--split TEST] [--threads 2] [--out f.json]
 
 A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
@@ -16,7 +16,8 @@ not a reference TEST speaker, where design decisions are made. --loso-checkpoint
 instead of the checkpoint its metrics.json records (the end of training against the best on the validation speaker,
 for an old sweep). --suite takes a suite's name or condition names,
 comma-separated (--suite white_20db,reverb). --adapt N re-estimates the model's BatchNorm statistics on N unlabeled
-clips of each scored set before scoring it (test-time adaptation, python adapt.py; 0: all of its clips). The voices
+clips of each scored set before scoring it (test-time adaptation, python adapt.py; 0: all of its clips), blended
+with the checkpoint's own as if from --adapt-prior clips (30, adapt.py's default; 0: AdaBN alone). The voices
 come from `python -m sdr_lightning.data.voices` (their
 eval set: voices no recipe trains on).
 """
@@ -27,6 +28,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -77,18 +79,26 @@ def parse_suite(text: str) -> str | list[str]:
     return suite
 
 
-def clean_accuracy(checkpoint: Path, split: str, data: Path, adapt: int | None = None) -> float:
+class Adaptation(NamedTuple):
+    """--adapt and --adapt-prior: BatchNorm statistics from `clips` of each scored set (0: all), blended with the
+    checkpoint's own as if they came from `prior` clips (adapt.py's `prior`)."""
+
+    clips: int
+    prior: float = 30.0
+
+
+def clean_accuracy(checkpoint: Path, split: str, data: Path, adapt: Adaptation | None = None) -> float:
     run = load_for_inference(checkpoint, data_dir=str(data))
     datamodule = run_datamodule(run, data_dir=str(data))
     return Scorer(run.model, datamodule, adapt).accuracy(split)
 
 
 class Scorer:
-    """A model's accuracy on a split, or on a split under a condition; with `adapt` (a number of clips, 0: all), its
-    BatchNorm statistics first re-estimated on that many of the same set's clips, from the checkpoint's each time
-    (models/adapt.py: test-time adaptation, which sees the scored setting's clips without their labels)."""
+    """A model's accuracy on a split, or on a split under a condition; with `adapt`, its BatchNorm statistics first
+    re-estimated on that many of the same set's clips, from the checkpoint's each time (models/adapt.py: test-time
+    adaptation, which sees the scored setting's clips without their labels)."""
 
-    def __init__(self, model: torch.nn.Module, datamodule, adapt: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, datamodule, adapt: Adaptation | None = None) -> None:
         if adapt is not None and model.needs_probe_refit:
             raise SystemExit(f"error: --adapt: a {type(model).__name__} is scored through a probe refit on its TRAIN "
                              "clips, which adaptation would leave behind; adapt supervised runs only")
@@ -99,8 +109,8 @@ class Scorer:
         if self.adapt is not None:
             self.model.load_state_dict(self.state)
             batches = dataset_batches(self.datamodule.datasets[split] if dataset is None else dataset,
-                                      self.datamodule.hparams.batch_size, self.adapt)
-            adapt_batchnorm(self.model, batches)
+                                      self.datamodule.hparams.batch_size, self.adapt.clips)
+            adapt_batchnorm(self.model, batches, self.adapt.prior)
         return predict_split(self.model, self.datamodule, split, dataset=dataset).accuracy
 
     def folder_accuracy(self, folder: Path) -> float:
@@ -110,14 +120,14 @@ class Scorer:
             rate = int(self.model.featurizer.sample_rate)
             waveforms = [load_audio(p, rate) for p in paths if p.suffix.lower() not in NOT_CLIPS]
             chosen = torch.randperm(len(waveforms), generator=torch.Generator().manual_seed(0)).tolist()
-            chosen = chosen[:self.adapt] if self.adapt else chosen
+            chosen = chosen[:self.adapt.clips] if self.adapt.clips else chosen
             adapt_batchnorm(self.model, waveform_batches(self.model, [waveforms[i] for i in chosen],
-                                                         self.datamodule.hparams.batch_size))
+                                                         self.datamodule.hparams.batch_size), self.adapt.prior)
         return predict_folder(self.model, folder).accuracy
 
 
 def score(checkpoint: Path, split: str, voices: Path | None, suite: str | list[str], data: Path,
-          adapt: int | None = None) -> dict[str, float]:
+          adapt: Adaptation | None = None) -> dict[str, float]:
     run = load_for_inference(checkpoint, data_dir=str(data))
     datamodule = run_datamodule(run, data_dir=str(data))
     scorer = Scorer(run.model, datamodule, adapt)
@@ -170,7 +180,7 @@ def fold_checkpoint(fold: str, job: Path, metrics: dict, which: str = "recorded"
 
 
 def loso(sweep: Path, folds: list[str] | None = None, which: str = "recorded", data: Path | None = None,
-         adapt: int | None = None) -> dict[str, float]:
+         adapt: Adaptation | None = None) -> dict[str, float]:
     """Clean accuracy on each fold's held-out speaker: its metrics.json's test/acc (the recorded checkpoint's), or
     for which="last" its last.ckpt scored here."""
     jobs = fold_jobs(sweep, folds)
@@ -186,7 +196,7 @@ def loso_rows(clean: list[float]) -> dict[str, float]:
 
 
 def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None,
-               which: str = "recorded", adapt: int | None = None
+               which: str = "recorded", adapt: Adaptation | None = None
                ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Each fold's checkpoint, clean and under the suite, on its own TEST split (the speaker it held out): the rows
     (means over the folds) and each fold's figures."""
@@ -219,39 +229,43 @@ def main(argv: list[str] | None = None) -> None:
                         help="test-time adaptation: before scoring each set (a split, a condition, the voices), "
                         "re-estimate the model's BatchNorm statistics on N of its clips, unlabeled (0: all of them); "
                         "a protocol of its own, which sees the scored setting")
+    parser.add_argument("--adapt-prior", type=float, default=Adaptation._field_defaults["prior"], metavar="P",
+                        help="--adapt: the checkpoint's own statistics kept in the blend as if from P clips "
+                        "(adapt.py's prior; 0: the clips' statistics alone)")
     parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
                         "(default: $SDR_DATA_DIR, ../shared/speech_data, speech_data)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    adapt = None if args.adapt is None else Adaptation(args.adapt, args.adapt_prior)
     suite = parse_suite(args.suite)
     folds = [fold.strip() for fold in args.folds.split(",") if fold.strip()] if args.folds else None
     configure(args.threads)
     voices = args.voices or (Path(".voices/eval") if Path(".voices/eval/SDR_metadata.tsv").is_file() else None)
-    adapted = "" if args.adapt is None else f"; BatchNorm adapted to {args.adapt or 'all'} clips of each scored set"
+    adapted = "" if adapt is None else (f"; BatchNorm adapted to {adapt.clips or 'all'} clips of each scored set, "
+                                        f"prior {adapt.prior:g}")
     print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}"
           f"{adapted}\n", flush=True)
     columns: dict[str, dict[str, list[float]]] = {}  # name -> row -> one value per run
     for name, checkpoints in named(args.checkpoints).items():
         for checkpoint in checkpoints:
-            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data), args.adapt)
+            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data), adapt)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     loso_folds: dict[str, list[dict[str, dict[str, float]]]] = {}  # name -> one {fold: figures} per sweep
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
             if args.loso_suite:
-                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint,
-                                            args.adapt)
+                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint, adapt)
                 # clean was just scored (last.ckpt, or adapted); the recorded checkpoint's is in metrics.json
                 clean = (loso_rows([each["clean"] for each in per_fold.values()])
-                         if args.loso_checkpoint == "last" or args.adapt is not None else loso(sweep, folds))
+                         if args.loso_checkpoint == "last" or adapt is not None else loso(sweep, folds))
                 figures = clean | rows
                 loso_folds.setdefault(name, []).append(per_fold)
             else:
-                scored_here = args.loso_checkpoint == "last" or args.adapt is not None
+                scored_here = args.loso_checkpoint == "last" or adapt is not None
                 figures = loso(sweep, folds, args.loso_checkpoint, find_data(args.data) if scored_here else None,
-                               args.adapt)
+                               adapt)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:
@@ -261,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     table = [[row, TARGETS.get(row, ""), *(cell(columns[c][row]) if row in columns[c] else "-" for c in columns)]
              for row in rows if row != "LOSO folds"]
     print("\n" + markdown_table(["condition", "target", *columns], table))
-    write_json(args.out, {"machine": machine(), "split": args.split, "adapt": args.adapt, "columns": columns}
+    write_json(args.out, {"machine": machine(), "split": args.split,
+                          "adapt": None if adapt is None else {"clips": adapt.clips, "prior": adapt.prior},
+                          "columns": columns}
                | ({"loso_folds": loso_folds} if loso_folds else {}))
 
 

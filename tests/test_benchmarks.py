@@ -180,7 +180,8 @@ def test_robustness_loso_suite(cnn_run: dict, synthetic_data: Path, tmp_path: Pa
 def test_robustness_adapt(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     """--adapt N: each scored set's accuracy after the checkpoint's BatchNorm statistics are re-estimated on N of
-    that set's clips, starting from the checkpoint's own statistics every time."""
+    that set's clips (blended with its own as if from --adapt-prior clips, 30 by default), starting from the
+    checkpoint's own statistics every time."""
     import torch
 
     from sdr_lightning.data import conditions
@@ -195,14 +196,14 @@ def test_robustness_adapt(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
     robustness.main([f"tiny={checkpoint}", "--suite", "small", "--data", str(synthetic_data), "--adapt", "8",
                      "--voices", str(synthetic_data), "--out", str(out)])
     written = json.loads(out.read_text())
-    assert written["adapt"] == 8
+    assert written["adapt"] == {"clips": 8, "prior": 30.0}
     column = written["columns"]["tiny"]
-    # by hand: telephone after the statistics of 8 of its clips, from the checkpoint's statistics
+    # by hand: telephone after the statistics of 8 of its clips, blended with the checkpoint's as 30 clips
     run = load_for_inference(checkpoint, data_dir=str(synthetic_data))
     datamodule = run_datamodule(run, data_dir=str(synthetic_data))
     telephone = datamodule.condition_dataset("TEST", conditions.suite(["telephone"])[0])
     before = predict_split(run.model, datamodule, "TEST", dataset=telephone)
-    adapt_batchnorm(run.model, dataset_batches(telephone, datamodule.hparams.batch_size, clips=8))
+    adapt_batchnorm(run.model, dataset_batches(telephone, datamodule.hparams.batch_size, clips=8), prior=30)
     after = predict_split(run.model, datamodule, "TEST", dataset=telephone)
     assert column["telephone"] == [pytest.approx(after.accuracy)]
     assert not torch.allclose(torch.as_tensor(before.probabilities), torch.as_tensor(after.probabilities))

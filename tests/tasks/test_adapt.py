@@ -73,6 +73,16 @@ def test_adapt_batchnorm_gives_the_batches_statistics_and_changes_nothing_else(c
         torch.testing.assert_close(value, again[key])
 
 
+def test_a_prior_blends_the_checkpoints_statistics_in_as_that_many_clips(cnn_run: dict, synthetic_data: Path) -> None:
+    waveforms = [load_audio(p) for p in sorted(synthetic_data.glob("*.wav"))[:24]]
+    plain, blended = load_checkpoint(cnn_run["best_checkpoint"]).model, load_checkpoint(cnn_run["best_checkpoint"]).model
+    own = [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorm_layers(blended)]
+    adapt_batchnorm(plain, waveform_batches(plain, waveforms, 8))
+    assert adapt_batchnorm(blended, waveform_batches(blended, waveforms, 8), prior=24) == 24
+    for (mean, var), alone, mixed in zip(own, batchnorm_layers(plain), batchnorm_layers(blended)):
+        torch.testing.assert_close(mixed.running_mean, (mean + alone.running_mean) / 2)  # 24 clips each way
+        torch.testing.assert_close(mixed.running_var, (var + alone.running_var) / 2)
+
 def test_adapt_command_writes_a_checkpoint_that_predict_loads(run_copy: Path, synthetic_data: Path,
                                                               tmp_path: Path, capsys) -> None:
     clips = shifted_clips(synthetic_data, tmp_path / "my_voice")
@@ -94,6 +104,24 @@ def test_adapt_command_writes_a_checkpoint_that_predict_loads(run_copy: Path, sy
     # never where training looks for a checkpoint to resume from
     assert not list((run_copy.parent).glob("*my_voice*"))
 
+
+def test_clips_named_as_few_digits_get_a_warning(run_copy: Path, synthetic_data: Path, tmp_path: Path,
+                                                 capsys) -> None:
+    ones = tmp_path / "ones"
+    ones.mkdir()
+    for n, path in enumerate(sorted(synthetic_data.glob("1_*.wav"))[:10]):
+        shutil.copy(path, ones / f"1_me_{n}.wav")
+    adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={ones}"))
+    assert "only 1 different digit(s) (1)" in capsys.readouterr().out
+    varied = shifted_clips(synthetic_data, tmp_path / "varied", count=30)  # the first 30 names: digits 0-2 only
+    adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={varied}"))
+    assert "only 3 different digit(s) (0, 1, 2)" in capsys.readouterr().out
+    takes = tmp_path / "takes"
+    takes.mkdir()
+    for n, path in enumerate(sorted(ones.iterdir())):
+        shutil.copy(path, takes / f"take_{n}.wav")  # unlabeled: nothing to count, no warning
+    adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={takes}"))
+    assert "warning" not in capsys.readouterr().out
 
 def test_adapt_refuses_too_few_clips_and_an_existing_output(run_copy: Path, synthetic_data: Path,
                                                             tmp_path: Path, capsys) -> None:

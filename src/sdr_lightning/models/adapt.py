@@ -25,12 +25,15 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> int:
+def adapt_batchnorm(model: nn.Module, batches: Iterable[dict[str, Tensor]], prior: float = 0.0) -> int:
     """Replace the running mean and variance of every BatchNorm layer of `model` (a DigitClassifier) by those of
     `batches` (batches as the datamodule gives them, features or waveforms; labels are not read), each batch weighted
-    equally, and return how many clips they held. Nothing else changes: the weights, dropout and augmentation stay
-    as in evaluation, and the model is left in eval mode. A model without BatchNorm is left as it is (0 layers)."""
+    equally, and return how many clips they held. `prior` > 0 keeps the model's own statistics in the blend as if
+    they came from that many clips (Schneider et al., 2020): (prior * old + clips * new) / (prior + clips). Nothing
+    else changes: the weights, dropout and augmentation stay as in evaluation, and the model is left in eval mode. A
+    model without BatchNorm is left as it is (0 layers)."""
     layers = batchnorm_layers(model)
+    old = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in layers]
     model.eval()
     saved_momentum = [layer.momentum for layer in layers]
     for layer in layers:
@@ -47,6 +50,11 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> i
         for layer, momentum in zip(layers, saved_momentum):
             layer.momentum = momentum
         model.eval()
+    if prior > 0 and clips:
+        weight = prior / (prior + clips)
+        for layer, (mean, var) in zip(layers, old):
+            layer.running_mean.lerp_(mean, weight)
+            layer.running_var.lerp_(var, weight)
     return clips
 
 

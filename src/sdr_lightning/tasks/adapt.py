@@ -8,20 +8,20 @@ resumes from (`<run>/checkpoints/` stays the run's own).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from sdr_lightning.audio.io import load_audio
-from sdr_lightning.data.folder import NOT_CLIPS
+from sdr_lightning.data.folder import NOT_CLIPS, parse_name
 from sdr_lightning.errors import ConfigError, DataError, OutputError
 from sdr_lightning.models.adapt import adapt_batchnorm, batchnorm_layers, waveform_batches
 from sdr_lightning.tasks.checkpoint import load_checkpoint, read_checkpoint
 from sdr_lightning.tasks.predict import find_audio
 
-log = logging.getLogger(__name__)
+# fewer different digits than this among the clips' names gets a warning: one word's statistics are not a voice's
+MIN_DIGITS = 5
 
 
 def adapted_path(cfg: DictConfig, run_dir: Path, audio: str | list[str]) -> Path:
@@ -31,6 +31,19 @@ def adapted_path(cfg: DictConfig, run_dir: Path, audio: str | list[str]) -> Path
     first = Path(audio[0] if isinstance(audio, list) else audio).expanduser()
     name = (first if first.is_dir() else first.parent if any(c in first.name for c in "*?[") else first).resolve().name
     return run_dir / "adapted" / f"{name or 'audio'}.ckpt"
+
+
+def warn_about_few_words(paths: list[Path]) -> None:
+    """Print a warning when the clips' names say they are few different digits ({digit}_...): statistics of one or
+    two words skew the model (docs/adaptation.md: 30 clips of one digit cost 10 points where 30 of any digits gain)."""
+    named = [parsed[0] for parsed in (parse_name(path.stem) for path in paths) if isinstance(parsed, tuple)]
+    if len(named) * 2 < len(paths):
+        return  # unlabeled takes: nothing to count
+    digits = sorted(set(named))
+    if len(digits) < MIN_DIGITS:
+        print(f"warning: the clips' names give only {len(digits)} different digit(s) ({', '.join(map(str, digits))}). "
+              f"Adapting to few words skews the model: record several different digits, ideally each of 0-9 two or "
+              f"three times (docs/adaptation.md).")
 
 
 def adapt(cfg: DictConfig) -> Path:
@@ -54,26 +67,31 @@ def adapt(cfg: DictConfig) -> Path:
         raise ConfigError(f"{out} exists already; give another out=, or overwrite=true to replace it.")
 
     sample_rate = int(model.featurizer.sample_rate)
-    waveforms, failed = [], []
+    decoded, failed = [], []
     for path in paths:
         try:
-            waveforms.append(load_audio(path, sample_rate))
+            decoded.append(load_audio(path, sample_rate))
         except DataError as err:
+            decoded.append(None)
             failed.append(str(err))
+    waveforms = [wave for wave in decoded if wave is not None]
     for error in failed:
         print(f"left out: {error}")
     if len(waveforms) < cfg.min_clips:
         raise DataError(f"audio={cfg.audio}: {len(waveforms)} clip(s) decoded, fewer than min_clips={cfg.min_clips}; "
                         "the statistics of so few clips are noise. Record more clips of the setting you adapt to "
                         "(any digits, unlabeled; about 30 are enough).")
+    warn_about_few_words([path for path, wave in zip(paths, decoded) if wave is not None])
     batch_size = int(cfg.batch_size or run.config.data.get("batch_size", 64))
-    clips = adapt_batchnorm(model, waveform_batches(model, waveforms, batch_size, seed=int(cfg.seed)))
+    clips = adapt_batchnorm(model, waveform_batches(model, waveforms, batch_size, seed=int(cfg.seed)),
+                            prior=float(cfg.prior))
 
     saved = read_checkpoint(run.checkpoint)
     adapted = {key: saved[key] for key in ("state_dict", "hyper_parameters", "pytorch-lightning_version")
                if key in saved}
     adapted["state_dict"] = {key: value.detach().clone() for key, value in model.state_dict().items()}
     adapted["adapted"] = {"from": str(run.checkpoint), "clips": clips, "layers": len(batchnorm_layers(model)),
+                          "prior": float(cfg.prior),
                           "audio": [str(p) for p in (audio if isinstance(audio, list) else [audio])]}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

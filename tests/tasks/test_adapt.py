@@ -75,7 +75,7 @@ def test_adapt_batchnorm_gives_the_batches_statistics_and_changes_nothing_else(c
 
 def test_a_prior_blends_the_checkpoints_statistics_in_as_that_many_clips(cnn_run: dict, synthetic_data: Path) -> None:
     waveforms = [load_audio(p) for p in sorted(synthetic_data.glob("*.wav"))[:24]]
-    plain, blended = load_checkpoint(cnn_run["best_checkpoint"]).model, load_checkpoint(cnn_run["best_checkpoint"]).model
+    plain, blended = (load_checkpoint(cnn_run["best_checkpoint"]).model for _ in range(2))
     own = [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorm_layers(blended)]
     adapt_batchnorm(plain, waveform_batches(plain, waveforms, 8))
     assert adapt_batchnorm(blended, waveform_batches(blended, waveforms, 8), prior=24) == 24

@@ -103,5 +103,5 @@ def adapt(cfg: DictConfig) -> Path:
                           "Free some space, or give another out=.") from err
     print(f"{type(model).__name__}'s {adapted['adapted']['layers']} BatchNorm layers adapted to {clips} clip(s) "
           f"of {cfg.audio}\nadapted checkpoint: {out}\nuse it as any checkpoint: python predict.py ckpt_path={out} "
-          f"audio=<...>" + (f" run_dir={run_dir}" if cfg.get("out") else ""))
+          f"audio=<...>" + (f" run_dir={run_dir}" if out.resolve().parent.parent != run_dir.resolve() else ""))
     return out

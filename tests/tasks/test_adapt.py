@@ -94,9 +94,11 @@ def test_adapt_command_writes_a_checkpoint_that_predict_loads(run_copy: Path, sy
     original, adapted = load_checkpoint(run_copy).model, load_checkpoint(out).model
     bn = batchnorm_layers(adapted)[0]
     assert not torch.allclose(bn.running_mean, batchnorm_layers(original)[0].running_mean)
-    # what the file holds is what adapting in memory gives
+    # what the file holds is what adapting in memory gives, with conf/adapt.yaml's prior
+    assert saved["adapted"]["prior"] == 30
     expected = load_checkpoint(run_copy).model
-    adapt_batchnorm(expected, waveform_batches(expected, [load_audio(p) for p in sorted(clips.iterdir())], 16))
+    adapt_batchnorm(expected, waveform_batches(expected, [load_audio(p) for p in sorted(clips.iterdir())], 16),
+                    prior=30)
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(adapted.state_dict()[key], value)
     results = predict_files(adapted, sorted(clips.iterdir()))

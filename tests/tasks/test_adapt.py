@@ -125,6 +125,24 @@ def test_clips_named_as_few_digits_get_a_warning(run_copy: Path, synthetic_data:
     adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={takes}"))
     assert "warning" not in capsys.readouterr().out
 
+def test_a_long_recording_counts_as_its_spoken_digits(run_copy: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    """Someone counting with a pause after each digit: one file, cut by voice-activity detection into one clip per
+    digit."""
+    rng = np.random.default_rng(0)
+    gap = np.zeros(int(0.6 * 8000), dtype=np.float32)
+    pieces = [gap]
+    for path in sorted(synthetic_data.glob("*_lucas_0.wav")):
+        pieces += [soundfile.read(path, dtype="float32")[0], gap]
+    recording = np.concatenate(pieces) + 0.001 * rng.standard_normal(sum(len(p) for p in pieces)).astype(np.float32)
+    folder = tmp_path / "counting"
+    folder.mkdir()
+    soundfile.write(folder / "me_counting.wav", recording, 8000)
+    out = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={folder}", "segmenter=energy"))
+    assert read_checkpoint(out)["adapted"]["clips"] == 10  # lucas's digits 0-9, take 0
+    with pytest.raises(DataError, match="fewer than min_clips=11"):
+        adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={folder}", "segmenter=energy", "min_clips=11",
+                        "overwrite=true"))
+
 def test_adapt_refuses_too_few_clips_and_an_existing_output(run_copy: Path, synthetic_data: Path,
                                                             tmp_path: Path, capsys) -> None:
     few = shifted_clips(synthetic_data, tmp_path / "few", count=3)

@@ -33,6 +33,16 @@ def adapted_path(cfg: DictConfig, run_dir: Path, audio: str | list[str]) -> Path
     return run_dir / "adapted" / f"{name or 'audio'}.ckpt"
 
 
+def spoken_segments(waveform: torch.Tensor, sample_rate: int, long_s: float, segmenter: str) -> list[torch.Tensor]:
+    """A clip as itself, or a recording longer than `long_s` seconds (someone counting 0-9 with pauses) as the
+    speech segments the voice-activity detector finds in it (sequence/vad.py), each one clip."""
+    if len(waveform) <= long_s * sample_rate:
+        return [waveform]
+    from sdr_lightning.sequence.vad import find_segments
+
+    return [waveform[seg.start:seg.end] for seg in find_segments(waveform.numpy(), sample_rate, segmenter)]
+
+
 def warn_about_few_words(paths: list[Path]) -> None:
     """Print a warning when the clips' names say they are few different digits ({digit}_...): statistics of one or
     two words skew the model (docs/adaptation.md: 30 clips of one digit cost 10 points where 30 of any digits gain)."""
@@ -74,13 +84,15 @@ def adapt(cfg: DictConfig) -> Path:
         except DataError as err:
             decoded.append(None)
             failed.append(str(err))
-    waveforms = [wave for wave in decoded if wave is not None]
+    waveforms = [piece for wave in decoded if wave is not None
+                 for piece in spoken_segments(wave, sample_rate, float(cfg.long_s), str(cfg.segmenter))]
     for error in failed:
         print(f"left out: {error}")
     if len(waveforms) < cfg.min_clips:
         raise DataError(f"audio={cfg.audio}: {len(waveforms)} clip(s) decoded, fewer than min_clips={cfg.min_clips}; "
                         "the statistics of so few clips are noise. Record more clips of the setting you adapt to "
-                        "(any digits, unlabeled; about 30 are enough).")
+                        "(different digits, unlabeled; about 30 are enough), or one recording of them with a pause "
+                        f"after each (a recording over long_s={cfg.long_s} s counts its spoken segments).")
     warn_about_few_words([path for path, wave in zip(paths, decoded) if wave is not None])
     batch_size = int(cfg.batch_size or run.config.data.get("batch_size", 64))
     clips = adapt_batchnorm(model, waveform_batches(model, waveforms, batch_size, seed=int(cfg.seed)),

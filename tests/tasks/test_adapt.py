@@ -158,6 +158,8 @@ def test_adapt_refuses_too_few_clips_and_an_existing_output(run_copy: Path, synt
     with pytest.raises(ConfigError, match="exists already; give another out=, or overwrite=true"):
         adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}", "min_clips=3"))
     assert out.stat().st_mtime_ns == written
+    with pytest.raises(ConfigError, match=r"prior=-1, .*the prior counts clips"):
+        adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}", "prior=-1", "overwrite=true"))
     elsewhere = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={few}", "min_clips=3",
                                 f"out={tmp_path / 'mine.ckpt'}"))
     assert load_checkpoint(elsewhere, run_copy.parent.parent).model is not None

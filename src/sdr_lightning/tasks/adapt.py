@@ -59,6 +59,9 @@ def warn_about_few_words(paths: list[Path]) -> None:
 def adapt(cfg: DictConfig) -> Path:
     """Load `cfg.ckpt_path`, re-estimate its BatchNorm statistics on the files of `cfg.audio` and write the adapted
     checkpoint; returns its path. Files that do not decode are listed and left out."""
+    if float(cfg.prior) < 0 or int(cfg.min_clips) < 1:
+        raise ConfigError(f"prior={cfg.prior}, min_clips={cfg.min_clips}: the prior counts clips (0 or more; 30 by "
+                          "default) and min_clips must be at least 1.")
     audio = list(cfg.audio) if isinstance(cfg.audio, ListConfig) else str(cfg.audio)
     paths = [p for p in find_audio(audio) if p.suffix.lower() not in NOT_CLIPS]  # labels.csv etc.: not clips
     run = load_checkpoint(cfg.ckpt_path, cfg.get("run_dir"))

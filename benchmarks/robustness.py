@@ -116,13 +116,13 @@ class Scorer:
     def folder_accuracy(self, folder: Path) -> float:
         if self.adapt is not None:
             self.model.load_state_dict(self.state)
-            paths = sorted(find_audio(str(folder)), key=str)
-            rate = int(self.model.featurizer.sample_rate)
-            waveforms = [load_audio(p, rate) for p in paths if p.suffix.lower() not in NOT_CLIPS]
-            chosen = torch.randperm(len(waveforms), generator=torch.Generator().manual_seed(0)).tolist()
+            paths = sorted((p for p in find_audio(str(folder)) if p.suffix.lower() not in NOT_CLIPS), key=str)
+            chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
             chosen = chosen[:self.adapt.clips] if self.adapt.clips else chosen
-            adapt_batchnorm(self.model, waveform_batches(self.model, [waveforms[i] for i in chosen],
-                                                         self.datamodule.hparams.batch_size), self.adapt.prior)
+            rate = int(self.model.featurizer.sample_rate)  # only the chosen clips are decoded
+            waveforms = [load_audio(paths[i], rate) for i in chosen]
+            adapt_batchnorm(self.model, waveform_batches(self.model, waveforms, self.datamodule.hparams.batch_size),
+                            self.adapt.prior)
         return predict_folder(self.model, folder).accuracy
 
 

@@ -8,6 +8,7 @@ resumes from (`<run>/checkpoints/` stays the run's own).
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def adapted_path(cfg: DictConfig, run_dir: Path, audio: str | list[str]) -> Path
     if cfg.get("out"):
         return Path(cfg.out).expanduser()
     first = Path(audio[0] if isinstance(audio, list) else audio).expanduser()
-    name = (first if first.is_dir() else first.parent if any(c in first.name for c in "*?[") else first).resolve().name
+    name = (first if first.is_dir() else first.parent if glob.has_magic(first.name) else first).resolve().name
     return run_dir / "adapted" / f"{name or 'audio'}.ckpt"
 
 

@@ -139,6 +139,10 @@ def test_a_long_recording_counts_as_its_spoken_digits(run_copy: Path, synthetic_
     soundfile.write(folder / "me_counting.wav", recording, 8000)
     out = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={folder}", "segmenter=energy"))
     assert read_checkpoint(out)["adapted"]["clips"] == 10  # lucas's digits 0-9, take 0
+    # the file itself: named by its stem, me_counting.ckpt, not me_counting.wav.ckpt
+    single = adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={folder / 'me_counting.wav'}",
+                             "segmenter=energy"))
+    assert single == out.with_name("me_counting.ckpt") and read_checkpoint(single)["adapted"]["clips"] == 10
     with pytest.raises(DataError, match="fewer than min_clips=11"):
         adapt(adapt_cfg(tmp_path, f"ckpt_path={run_copy}", f"audio={folder}", "segmenter=energy", "min_clips=11",
                         "overwrite=true"))

@@ -26,11 +26,16 @@ MIN_DIGITS = 5
 
 
 def adapted_path(cfg: DictConfig, run_dir: Path, audio: str | list[str]) -> Path:
-    """`cfg.out`, or `<run>/adapted/<the audio folder's or file's name>.ckpt`."""
+    """`cfg.out`, or `<run>/adapted/<the audio folder's name, or the file's without its suffix>.ckpt`."""
     if cfg.get("out"):
         return Path(cfg.out).expanduser()
     first = Path(audio[0] if isinstance(audio, list) else audio).expanduser()
-    name = (first if first.is_dir() else first.parent if glob.has_magic(first.name) else first).resolve().name
+    if first.is_dir():
+        name = first.resolve().name
+    elif glob.has_magic(first.name):
+        name = first.parent.resolve().name
+    else:  # one recording: call.wav -> call.ckpt
+        name = first.resolve().stem
     return run_dir / "adapted" / f"{name or 'audio'}.ckpt"
 
 

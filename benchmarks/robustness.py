@@ -3,7 +3,7 @@
 
     python benchmarks/robustness.py cnn=outputs/runs/<a>/checkpoints/<best>.ckpt robust=outputs/runs/<b>/... \
         [--voices .voices/eval] [--loso cnn=outputs/multirun/<sweep>] [--loso-suite] [--folds 0,1,3,4] \
-        [--loso-checkpoint last] [--adapt 30 [--adapt-prior 30]] \
+        [--loso-checkpoint last] [--adapt 30 [--adapt-prior 30]] [--clip-norm 0.1] \
         [--suite robustness | --suite white_20db,reverb] [--split TEST] [--threads 2] [--out f.json]
 
 A name=path pair names a column (a bare path is named by its run folder); a name given several times (the seeds of
@@ -17,7 +17,9 @@ instead of the checkpoint its metrics.json records (the end of training against 
 for an old sweep). --suite takes a suite's name or condition names,
 comma-separated (--suite white_20db,reverb). --adapt N re-estimates the model's BatchNorm statistics on N unlabeled
 clips of each scored set before scoring it (test-time adaptation, python adapt.py; 0: all of its clips), blended
-with the checkpoint's own as if from --adapt-prior clips (30, adapt.py's default; 0: AdaBN alone). The voices
+with the checkpoint's own as if from --adapt-prior clips (30, adapt.py's default; 0: AdaBN alone). --clip-norm W
+scores a CNN with that clip-norm weight (model.encoder.clip_norm: each clip's own BatchNorm statistics blended in at
+inference) in place of the checkpoint's own, e.g. a run trained before the option. The voices
 come from `python -m sdr_lightning.data.voices` (their
 eval set: voices no recipe trains on).
 """
@@ -38,6 +40,7 @@ from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data import conditions
 from sdr_lightning.data.folder import NOT_CLIPS
 from sdr_lightning.models.adapt import adapt_batchnorm, dataset_batches, waveform_batches
+from sdr_lightning.models.normalization import set_clip_weight
 from sdr_lightning.tasks.checkpoint import load_for_inference, run_datamodule
 from sdr_lightning.tasks.evaluate import predict_folder, predict_split
 from sdr_lightning.tasks.predict import find_audio
@@ -87,21 +90,27 @@ class Adaptation(NamedTuple):
     prior: float = 30.0
 
 
-def clean_accuracy(checkpoint: Path, split: str, data: Path, adapt: Adaptation | None = None) -> float:
+def clean_accuracy(checkpoint: Path, split: str, data: Path, adapt: Adaptation | None = None,
+                   clip_norm: float | None = None) -> float:
     run = load_for_inference(checkpoint, data_dir=str(data))
     datamodule = run_datamodule(run, data_dir=str(data))
-    return Scorer(run.model, datamodule, adapt).accuracy(split)
+    return Scorer(run.model, datamodule, adapt, clip_norm).accuracy(split)
 
 
 class Scorer:
     """A model's accuracy on a split, or on a split under a condition; with `adapt`, its BatchNorm statistics first
     re-estimated on that many of the same set's clips, from the checkpoint's each time (models/adapt.py: test-time
-    adaptation, which sees the scored setting's clips without their labels)."""
+    adaptation, which sees the scored setting's clips without their labels). `clip_norm`: the encoder's clip-norm
+    weight instead of the checkpoint's (models/normalization.py)."""
 
-    def __init__(self, model: torch.nn.Module, datamodule, adapt: Adaptation | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, datamodule, adapt: Adaptation | None = None,
+                 clip_norm: float | None = None) -> None:
         if adapt is not None and model.needs_probe_refit:
             raise SystemExit(f"error: --adapt: a {type(model).__name__} is scored through a probe refit on its TRAIN "
                              "clips, which adaptation would leave behind; adapt supervised runs only")
+        if clip_norm is not None and not set_clip_weight(model, clip_norm):
+            raise SystemExit(f"error: --clip-norm: {type(model.encoder).__name__} has no clip-norm BatchNorm "
+                             "(TemporalCNN encoders only)")
         self.model, self.datamodule, self.adapt = model, datamodule, adapt
         self.state = {key: value.clone() for key, value in model.state_dict().items()}
 
@@ -127,10 +136,10 @@ class Scorer:
 
 
 def score(checkpoint: Path, split: str, voices: Path | None, suite: str | list[str], data: Path,
-          adapt: Adaptation | None = None) -> dict[str, float]:
+          adapt: Adaptation | None = None, clip_norm: float | None = None) -> dict[str, float]:
     run = load_for_inference(checkpoint, data_dir=str(data))
     datamodule = run_datamodule(run, data_dir=str(data))
-    scorer = Scorer(run.model, datamodule, adapt)
+    scorer = Scorer(run.model, datamodule, adapt, clip_norm)
     figures = {"clean": scorer.accuracy(split)}
     for condition in conditions.suite(suite):
         dataset = datamodule.condition_dataset(split, condition)
@@ -180,12 +189,12 @@ def fold_checkpoint(fold: str, job: Path, metrics: dict, which: str = "recorded"
 
 
 def loso(sweep: Path, folds: list[str] | None = None, which: str = "recorded", data: Path | None = None,
-         adapt: Adaptation | None = None) -> dict[str, float]:
+         adapt: Adaptation | None = None, clip_norm: float | None = None) -> dict[str, float]:
     """Clean accuracy on each fold's held-out speaker: its metrics.json's test/acc (the recorded checkpoint's), or
-    for which="last" its last.ckpt scored here."""
+    for which="last" (or with adapt or clip_norm) its checkpoint scored here."""
     jobs = fold_jobs(sweep, folds)
-    if which == "last" or adapt is not None:
-        return loso_rows([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data, adapt)
+    if which == "last" or adapt is not None or clip_norm is not None:
+        return loso_rows([clean_accuracy(fold_checkpoint(fold, job, metrics, which), "TEST", data, adapt, clip_norm)
                           for fold, (job, metrics) in jobs.items()])
     return loso_rows([float(metrics["test/acc"]) for _, metrics in jobs.values()])
 
@@ -196,13 +205,14 @@ def loso_rows(clean: list[float]) -> dict[str, float]:
 
 
 def loso_suite(sweep: Path, suite: str | list[str], data: Path, folds: list[str] | None = None,
-               which: str = "recorded", adapt: Adaptation | None = None
+               which: str = "recorded", adapt: Adaptation | None = None, clip_norm: float | None = None
                ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Each fold's checkpoint, clean and under the suite, on its own TEST split (the speaker it held out): the rows
     (means over the folds) and each fold's figures."""
     per_fold = {}
     for fold, (job, metrics) in fold_jobs(sweep, folds).items():
-        per_fold[fold] = score(fold_checkpoint(fold, job, metrics, which), "TEST", None, suite, data, adapt)
+        per_fold[fold] = score(fold_checkpoint(fold, job, metrics, which), "TEST", None, suite, data, adapt,
+                               clip_norm)
     figures = list(per_fold.values())
     # clean is --loso's "LOSO mean" already
     rows = {f"LOSO {key}": float(np.mean([each[key] for each in figures])) for key in figures[0] if key != "clean"}
@@ -232,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapt-prior", type=float, default=Adaptation._field_defaults["prior"], metavar="P",
                         help="--adapt: the checkpoint's own statistics kept in the blend as if from P clips "
                         "(adapt.py's prior; 0: the clips' statistics alone)")
+    parser.add_argument("--clip-norm", type=float, default=None, metavar="W",
+                        help="score CNNs with this clip-norm weight (model.encoder.clip_norm, 0-1) instead of the "
+                        "checkpoint's own")
     parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
                         "(default: $SDR_DATA_DIR, ../shared/speech_data, speech_data)")
     parser.add_argument("--threads", type=int, default=None)
@@ -244,28 +257,33 @@ def main(argv: list[str] | None = None) -> None:
     voices = args.voices or (Path(".voices/eval") if Path(".voices/eval/SDR_metadata.tsv").is_file() else None)
     adapted = "" if adapt is None else (f"; BatchNorm adapted to {adapt.clips or 'all'} clips of each scored set, "
                                         f"prior {adapt.prior:g}")
+    if args.clip_norm is not None:
+        if not 0.0 <= args.clip_norm <= 1.0:
+            sys.exit(f"error: --clip-norm {args.clip_norm}: use a weight from 0 to 1")
+        adapted += f"; clip norm {args.clip_norm:g}"
     print(f"{machine()}; split {args.split}; voices {voices or 'none (python -m sdr_lightning.data.voices)'}"
           f"{adapted}\n", flush=True)
     columns: dict[str, dict[str, list[float]]] = {}  # name -> row -> one value per run
     for name, checkpoints in named(args.checkpoints).items():
         for checkpoint in checkpoints:
-            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data), adapt)
+            figures = score(checkpoint, args.split.upper(), voices, suite, find_data(args.data), adapt, args.clip_norm)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     loso_folds: dict[str, list[dict[str, dict[str, float]]]] = {}  # name -> one {fold: figures} per sweep
     for name, sweeps in named(args.loso).items():
         for sweep in sweeps:
             if args.loso_suite:
-                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint, adapt)
-                # clean was just scored (last.ckpt, or adapted); the recorded checkpoint's is in metrics.json
-                clean = (loso_rows([each["clean"] for each in per_fold.values()])
-                         if args.loso_checkpoint == "last" or adapt is not None else loso(sweep, folds))
+                rows, per_fold = loso_suite(sweep, suite, find_data(args.data), folds, args.loso_checkpoint, adapt,
+                                            args.clip_norm)
+                # clean was just scored; the recorded checkpoint's own figure is in metrics.json
+                scored_here = args.loso_checkpoint == "last" or adapt is not None or args.clip_norm is not None
+                clean = loso_rows([each["clean"] for each in per_fold.values()]) if scored_here else loso(sweep, folds)
                 figures = clean | rows
                 loso_folds.setdefault(name, []).append(per_fold)
             else:
-                scored_here = args.loso_checkpoint == "last" or adapt is not None
+                scored_here = args.loso_checkpoint == "last" or adapt is not None or args.clip_norm is not None
                 figures = loso(sweep, folds, args.loso_checkpoint, find_data(args.data) if scored_here else None,
-                               adapt)
+                               adapt, args.clip_norm)
             for row, value in figures.items():
                 columns.setdefault(name, {}).setdefault(row, []).append(value)
     if not columns:
@@ -277,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + markdown_table(["condition", "target", *columns], table))
     write_json(args.out, {"machine": machine(), "split": args.split,
                           "adapt": None if adapt is None else {"clips": adapt.clips, "prior": adapt.prior},
+                          "clip_norm": args.clip_norm,
                           "columns": columns}
                | ({"loso_folds": loso_folds} if loso_folds else {}))
 

@@ -212,6 +212,32 @@ def test_robustness_adapt(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
         before.accuracy)
 
 
+def test_robustness_clip_norm_scores_with_that_weight(cnn_run: dict, synthetic_data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdr_lightning.data import conditions
+    from sdr_lightning.models.normalization import set_clip_weight
+    from sdr_lightning.tasks.checkpoint import load_for_inference, run_datamodule
+    from sdr_lightning.tasks.evaluate import predict_split
+
+    monkeypatch.setitem(conditions.SUITES, "small", ["telephone"])
+    robustness = load("robustness", monkeypatch)
+    checkpoint = Path(cnn_run["best_checkpoint"])
+    out = tmp_path / "clip_norm.json"
+    robustness.main([f"tiny={checkpoint}", "--suite", "small", "--data", str(synthetic_data), "--clip-norm", "0.5",
+                     "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["clip_norm"] == 0.5
+    run = load_for_inference(checkpoint, data_dir=str(synthetic_data))
+    datamodule = run_datamodule(run, data_dir=str(synthetic_data))
+    telephone = datamodule.condition_dataset("TEST", conditions.suite(["telephone"])[0])
+    plain = predict_split(run.model, datamodule, "TEST", dataset=telephone).accuracy
+    set_clip_weight(run.model, 0.5)
+    blended = predict_split(run.model, datamodule, "TEST", dataset=telephone).accuracy
+    assert written["columns"]["tiny"]["telephone"] == [pytest.approx(blended)] and blended != pytest.approx(plain)
+    with pytest.raises(SystemExit, match="--clip-norm 1.5"):
+        robustness.main([f"tiny={checkpoint}", "--data", str(synthetic_data), "--clip-norm", "1.5"])
+
+
 def test_dropout_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "dropout.json"
     load("dropout_mask", monkeypatch).main(["--shape", "4", "8", "16", "--repeats", "2", "--out", str(out)])

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from sdr_lightning.audio.features import lengths_to_mask
+from sdr_lightning.config import ConfigError
 from sdr_lightning.models.dropout import Dropout16
+from sdr_lightning.models.normalization import ClipBatchNorm1d
 
 
 class TemporalCNN(nn.Module):
@@ -22,6 +24,9 @@ class TemporalCNN(nn.Module):
 
     `fast_dropout` draws the dropout masks with 16 random bits per element (models/dropout.py) instead of torch's
     64: the same regularizer, another random stream, and a training step about a third shorter on CPU.
+
+    `clip_norm` > 0: at inference every BatchNorm blends each clip's own statistics (over its valid frames) into the
+    training ones at that weight (models/normalization.py); training is unchanged.
     """
 
     def __init__(
@@ -33,19 +38,24 @@ class TemporalCNN(nn.Module):
         dropout: float = 0.2,
         members: int = 1,
         fast_dropout: bool = False,
+        clip_norm: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= clip_norm <= 1.0:
+            raise ConfigError(f"model.encoder.clip_norm={clip_norm}; use a weight from 0 (off) to 1 (each clip's own "
+                              "statistics only).")
         self.members = members
         width = members * channels
         self.stem = nn.Sequential(
             nn.Conv1d(n_mels, width, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm1d(width), nn.ReLU(),
+            ClipBatchNorm1d(width, clip_norm), nn.ReLU(),
         )
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.Conv1d(width, width, kernel_size, padding=d * (kernel_size // 2), dilation=d, groups=members,
                           bias=False),
-                nn.BatchNorm1d(width), nn.ReLU(), Dropout16(dropout) if fast_dropout else nn.Dropout(dropout),
+                ClipBatchNorm1d(width, clip_norm), nn.ReLU(),
+                Dropout16(dropout) if fast_dropout else nn.Dropout(dropout),
             )
             for d in dilations
         )
@@ -56,17 +66,16 @@ class TemporalCNN(nn.Module):
 
     def forward(self, features: Tensor, frames: Tensor) -> Tensor:
         mask = lengths_to_mask(frames, features.shape[-1])[:, None, :].to(features.dtype)
-        x = self.stem(features) * mask
+        conv, norm, relu = self.stem
+        x = relu(norm(conv(features), mask)) * mask
         one_clip = (self.single_clip_matmul and self.members > 1 and not self.training and x.shape[0] == 1
                     and not _tracing())
         for block in self.blocks:
-            if one_clip:  # the same block, its grouped convolution as one matrix product (see grouped_conv1d)
-                conv, *layers = block  # not block[1:]: slicing builds a new Sequential on every call
-                out = grouped_conv1d(x, conv)
-                for layer in layers:
-                    out = layer(out)
-            else:
-                out = block(x)
+            conv, norm, *layers = block  # not block[1:]: slicing builds a new Sequential on every call
+            # one clip: the same convolution as one matrix product (see grouped_conv1d)
+            out = norm(grouped_conv1d(x, conv) if one_clip else conv(x), mask)
+            for layer in layers:
+                out = layer(out)
             x = (x + out) * mask
         mean = x.sum(-1) / mask.sum(-1).clamp(min=1)
         peak = x.masked_fill(mask == 0, -torch.inf).amax(-1)

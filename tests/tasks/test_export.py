@@ -85,7 +85,7 @@ CNN_ENSEMBLE = ["experiment=cnn_ensemble", "model.encoder.channels=8"]
 # per-clip normalisation divides by a tiny spread and ONNX Runtime's rounding shows at 1e-3 (the others: < 1e-6).
 @pytest.mark.parametrize(("overrides", "atol"), [(["model=linear"], 1e-4), (SMALL_VIT, 1e-4), (BEST_CNN, 5e-3),
                                                  (CNN_ENSEMBLE, 5e-3),
-                                                 ([*CNN_ENSEMBLE, "model.encoder.clip_norm=0.1"], 5e-3)],
+                                                 ([*CNN_ENSEMBLE, "model.clip_norm=0.1"], 5e-3)],
                          ids=["linear", "vit", "best_cnn", "cnn_ensemble", "clip_norm"])
 def test_other_models_export(overrides: list[str], atol: float, tmp_path: Path) -> None:
     """Random weights are enough: what matters is that every op and shape path survives tracing and export."""

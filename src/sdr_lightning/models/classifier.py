@@ -28,6 +28,7 @@ from sdr_lightning.audio.corrupt import fit_width
 from sdr_lightning.config import instantiate_part
 from sdr_lightning.data.metadata import METRIC_PREFIXES, UNLABELED
 from sdr_lightning.errors import ConfigError
+from sdr_lightning.models.normalization import set_clip_weight
 
 NUM_CLASSES = 10
 
@@ -128,6 +129,8 @@ class DigitClassifier(pl.LightningModule):
     features at `distill_temperature`, and the rest the cross entropy. A teacher (any encoder; SimCLR's too) must have
     this run's featurizer. Teachers are used in training only and never saved with this model, so a distilled
     checkpoint loads and predicts on its own.
+    `clip_norm`: at inference, the encoder's BatchNorm layers that can (the CNN's, models/normalization.py) blend
+    each clip's own statistics into the training ones at this weight; 0: plain BatchNorm. Training is unchanged.
     """
 
     def __init__(
@@ -146,7 +149,11 @@ class DigitClassifier(pl.LightningModule):
         teacher: str | Sequence[str] | None = None,
         distill_weight: float = 0.5,
         distill_temperature: float = 2.0,
+        clip_norm: float = 0.0,
     ) -> None:
+        if not 0.0 <= clip_norm <= 1.0:
+            raise ConfigError(f"model.clip_norm={clip_norm}; use a weight from 0 (off) to 1 (each clip's own "
+                              "statistics only).")
         if teacher and not 0.0 < distill_weight <= 1.0:
             raise ConfigError(f"model.distill_weight={distill_weight}; with model.teacher set, use a weight in (0, 1] "
                               "(the share of the loss that follows the teacher).")
@@ -160,6 +167,7 @@ class DigitClassifier(pl.LightningModule):
         if not isinstance(getattr(self.encoder, "output_dim", None), int):
             raise ConfigError(f"model.encoder: {encoder['_target_']} has no integer `output_dim` attribute; an encoder "
                               "sets self.output_dim to the size of the embedding it returns.")
+        set_clip_weight(self.encoder, clip_norm)
         self.build_heads()
         # Unlabeled TRAIN clips (data.labeled_speakers) carry UNLABELED; supervised_loss also drops them itself.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=UNLABELED)

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from sdr_lightning.audio.features import lengths_to_mask
-from sdr_lightning.config import ConfigError
 from sdr_lightning.models.dropout import Dropout16
 from sdr_lightning.models.normalization import ClipBatchNorm1d
 
@@ -25,8 +24,8 @@ class TemporalCNN(nn.Module):
     `fast_dropout` draws the dropout masks with 16 random bits per element (models/dropout.py) instead of torch's
     64: the same regularizer, another random stream, and a training step about a third shorter on CPU.
 
-    `clip_norm` > 0: at inference every BatchNorm blends each clip's own statistics (over its valid frames) into the
-    training ones at that weight (models/normalization.py); training is unchanged.
+    Its BatchNorm layers can blend each clip's own statistics into the training ones at inference
+    (models/normalization.py; the classifier's `clip_norm` sets the weight, 0 by default).
     """
 
     def __init__(
@@ -38,23 +37,19 @@ class TemporalCNN(nn.Module):
         dropout: float = 0.2,
         members: int = 1,
         fast_dropout: bool = False,
-        clip_norm: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= clip_norm <= 1.0:
-            raise ConfigError(f"model.encoder.clip_norm={clip_norm}; use a weight from 0 (off) to 1 (each clip's own "
-                              "statistics only).")
         self.members = members
         width = members * channels
         self.stem = nn.Sequential(
             nn.Conv1d(n_mels, width, kernel_size, padding=kernel_size // 2, bias=False),
-            ClipBatchNorm1d(width, clip_norm), nn.ReLU(),
+            ClipBatchNorm1d(width), nn.ReLU(),
         )
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.Conv1d(width, width, kernel_size, padding=d * (kernel_size // 2), dilation=d, groups=members,
                           bias=False),
-                ClipBatchNorm1d(width, clip_norm), nn.ReLU(),
+                ClipBatchNorm1d(width), nn.ReLU(),
                 Dropout16(dropout) if fast_dropout else nn.Dropout(dropout),
             )
             for d in dilations

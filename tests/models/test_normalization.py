@@ -53,20 +53,30 @@ def test_a_weight_between_blends_the_two_statistics() -> None:
     torch.testing.assert_close(clip_batch_norm(x, None, layer, w), expected)
 
 
-def test_in_training_blends_into_the_batch_statistics_and_keeps_plain_running_ones() -> None:
+def test_in_training_blends_into_the_batch_statistics_over_valid_frames() -> None:
     layer, plain = trained_norm(0.3), nn.BatchNorm1d(6)
     plain.load_state_dict(layer.state_dict())
     layer.in_training = True
     layer.train(), plain.train()
-    x, mask = torch.randn(3, 6, 25), torch.ones(3, 1, 25)
-    mask[2, :, 10:] = 0
+    x = torch.randn(3, 6, 25)
+    # without padding the running statistics follow the batch exactly as plain BatchNorm's do
+    full = torch.ones(3, 1, 25)
     batch = (x.mean(dim=(0, 2)), x.var(dim=(0, 2), unbiased=False))
-    torch.testing.assert_close(layer(x, mask), clip_batch_norm(x, mask, layer, 0.3, shared=batch))
+    torch.testing.assert_close(layer(x, full), clip_batch_norm(x, full, layer, 0.3, shared=batch))
     plain(x)
     torch.testing.assert_close(layer.running_mean, plain.running_mean)
     torch.testing.assert_close(layer.running_var, plain.running_var)
+    # padded frames count for neither share
+    mask = full.clone()
+    mask[2, :, 10:] = 0
+    padded = x.clone()
+    padded[2, :, 10:] = 50.0
+    valid = torch.cat([x[0], x[1], x[2, :, :10]], dim=-1)  # (C, frames)
+    batch = (valid.mean(-1), valid.var(-1, unbiased=False))
+    out = layer(padded, mask)
+    torch.testing.assert_close(out[:, :, :10], clip_batch_norm(x, mask, layer, 0.3, shared=batch)[:, :, :10])
     layer.in_training = False  # the default: plain BatchNorm in training
-    torch.testing.assert_close(layer(x, mask), plain(x))
+    torch.testing.assert_close(layer(x, full), plain(x))
 
 
 def test_a_cnn_with_clip_norm_gives_a_clip_what_its_batch_gives_it(make_cfg) -> None:

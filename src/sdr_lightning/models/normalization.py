@@ -4,8 +4,9 @@ Schneider et al., 2020, "Improving robustness against common corruptions by cova
 A BatchNorm layer normalises with the mean and variance it saw in training. A voice, room or noise the model never
 heard shifts those statistics, and the layers after it then read their inputs wrongly. Here each channel's mean and
 variance at inference are (1 - w) times the training statistics plus w times the clip's own, over its valid frames
-only: the clip alone decides (no calibration set, unlike adapt.py), padding is never counted, and training is
-unchanged. docs/robustness.md (twenty-seventh round) measures it on held-out speakers.
+only: the clip alone decides (no calibration set, unlike adapt.py), and padding is never counted. Training is plain
+BatchNorm unless `in_training` asks for the same blend there too. docs/robustness.md (twenty-seventh round) measures
+it on held-out speakers.
 """
 
 from __future__ import annotations

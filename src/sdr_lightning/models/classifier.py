@@ -130,8 +130,7 @@ class DigitClassifier(pl.LightningModule):
     this run's featurizer. Teachers are used in training only and never saved with this model, so a distilled
     checkpoint loads and predicts on its own.
     `clip_norm`: at inference, the encoder's BatchNorm layers that can (the CNN's, models/normalization.py) blend
-    each clip's own statistics into the training ones at this weight; 0: plain BatchNorm. Training is unchanged
-    unless `clip_norm_training`: then the same blend, into the batch's statistics, in training too.
+    each clip's own statistics into the training ones at this weight; 0: plain BatchNorm. Training is unchanged.
     """
 
     def __init__(
@@ -151,7 +150,6 @@ class DigitClassifier(pl.LightningModule):
         distill_weight: float = 0.5,
         distill_temperature: float = 2.0,
         clip_norm: float = 0.0,
-        clip_norm_training: bool = False,
     ) -> None:
         if not 0.0 <= clip_norm <= 1.0:
             raise ConfigError(f"model.clip_norm={clip_norm}; use a weight from 0 (off) to 1 (each clip's own "
@@ -169,7 +167,7 @@ class DigitClassifier(pl.LightningModule):
         if not isinstance(getattr(self.encoder, "output_dim", None), int):
             raise ConfigError(f"model.encoder: {encoder['_target_']} has no integer `output_dim` attribute; an encoder "
                               "sets self.output_dim to the size of the embedding it returns.")
-        set_clip_weight(self.encoder, clip_norm, clip_norm_training)
+        set_clip_weight(self.encoder, clip_norm)
         self.build_heads()
         # Unlabeled TRAIN clips (data.labeled_speakers) carry UNLABELED; supervised_loss also drops them itself.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=UNLABELED)

@@ -100,3 +100,13 @@ def test_the_presets_weights(make_cfg) -> None:
 def test_a_weight_outside_zero_to_one_is_refused(weight: float, make_cfg) -> None:
     with pytest.raises(ConfigError, match="model.clip_norm"):
         instantiate_part("model", make_cfg(f"model.clip_norm={weight}").model, _recursive_=False)
+
+
+def test_lower_precision_inputs_are_normalised_in_the_running_statistics_precision() -> None:
+    layer = trained_norm(0.3)
+    x = torch.randn(2, 6, 12)
+    expected = layer(x)
+    for dtype in (torch.bfloat16, torch.float64):
+        out = layer(x.to(dtype), torch.ones(2, 1, 12, dtype=dtype))
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)

@@ -18,7 +18,7 @@ for an old sweep). --suite takes a suite's name or condition names,
 comma-separated (--suite white_20db,reverb). --adapt N re-estimates the model's BatchNorm statistics on N unlabeled
 clips of each scored set before scoring it (test-time adaptation, python adapt.py; 0: all of its clips), blended
 with the checkpoint's own as if from --adapt-prior clips (30, adapt.py's default; 0: AdaBN alone). --clip-norm W
-scores a CNN with that clip-norm weight (model.encoder.clip_norm: each clip's own BatchNorm statistics blended in at
+scores a CNN with that clip-norm weight (model.clip_norm: each clip's own BatchNorm statistics blended in at
 inference) in place of the checkpoint's own, e.g. a run trained before the option. The voices
 come from `python -m sdr_lightning.data.voices` (their
 eval set: voices no recipe trains on).
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="--adapt: the checkpoint's own statistics kept in the blend as if from P clips "
                         "(adapt.py's prior; 0: the clips' statistics alone)")
     parser.add_argument("--clip-norm", type=float, default=None, metavar="W",
-                        help="score CNNs with this clip-norm weight (model.encoder.clip_norm, 0-1) instead of the "
+                        help="score CNNs with this clip-norm weight (model.clip_norm, 0-1) instead of the "
                         "checkpoint's own")
     parser.add_argument("--data", default=None, help="folder with SDR_metadata.tsv and the clips "
                         "(default: $SDR_DATA_DIR, ../shared/speech_data, speech_data)")

@@ -33,16 +33,15 @@ def clip_batch_norm(x: Tensor, mask: Tensor | None, layer: nn.modules.batchnorm.
                     clip_weight: float) -> Tensor:
     """`layer` (a BatchNorm1d in eval mode) applied to `x` (B, C, T), with each clip's statistics over the frames
     where `mask` (B, 1, T) is nonzero blended into the running ones at `clip_weight` (0: plain BatchNorm)."""
-    shared_mean, shared_var = layer.running_mean, layer.running_var
     dtype = x.dtype  # statistics in the running ones' precision (float32 under bf16/fp16 autocast), as BatchNorm does
-    x = x.to(shared_mean.dtype)
+    x = x.to(layer.running_mean.dtype)
     clip_mean, clip_var = clip_statistics(x, None if mask is None else mask.to(x.dtype))
-    mean = torch.lerp(shared_mean.expand_as(clip_mean), clip_mean, clip_weight)
-    var = torch.lerp(shared_var.expand_as(clip_var), clip_var, clip_weight)
+    mean = torch.lerp(layer.running_mean.expand_as(clip_mean), clip_mean, clip_weight)
+    var = torch.lerp(layer.running_var.expand_as(clip_var), clip_var, clip_weight)
     scale = torch.rsqrt(var + layer.eps)
+    shift = -mean * scale
     if layer.affine:
-        scale = scale * layer.weight
-    shift = -mean * scale if not layer.affine else layer.bias - mean * scale
+        scale, shift = scale * layer.weight, shift * layer.weight + layer.bias
     return torch.addcmul(shift[..., None], x, scale[..., None]).to(dtype)  # one pass over x: x * scale + shift
 
 

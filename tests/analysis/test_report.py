@@ -1,4 +1,5 @@
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,15 @@ def test_report_on_random_predictions_has_the_zero_division_cases() -> None:
     assert np.all((0 <= report.f1) & (report.f1 <= 1))
 
 
+def test_the_calibration_error_is_the_gap_between_confidence_and_accuracy() -> None:
+    probabilities = np.full((4, 10), 0.01)
+    probabilities[:, 0] = 0.91  # four answers at 0.91, three of them right: 0.75 against 0.91
+    report = build_report("dev", np.array([0, 0, 0, 1]), probabilities.argmax(1), 10, probabilities)
+    assert report.calibration_error == pytest.approx(0.16, abs=1e-6)
+    assert report.summary()["calibration_error"] == pytest.approx(0.16, abs=1e-6)
+    assert "calibration_error" not in build_report("dev", np.array([0]), np.array([0])).summary()
+
+
 def test_split_report_files(tmp_path: Path) -> None:
     predictions = random_predictions(n=120)
     report = write_split_report(predictions, tmp_path / "test", "test")
@@ -59,6 +69,7 @@ def test_split_report_files(tmp_path: Path) -> None:
         per_class = list(csv.DictReader(handle))
     assert [r["digit"] for r in per_class] == [*map(str, range(10)), "macro"]
     assert float(per_class[-1]["f1"]) == pytest.approx(report.macro_f1, abs=1e-6)
+    assert 0 <= json.loads((folder / "summary.json").read_text())["calibration_error"] <= 1
     image = imread(folder / "confusion_matrix.png")
     assert image.shape[0] > 400 and image.shape[1] > 400
     table = format_per_class(report)

@@ -10,7 +10,7 @@ import torch
 
 from sdr_lightning.config import instantiate_part
 from sdr_lightning.errors import ConfigError
-from sdr_lightning.models.classifier import distillation_loss
+from sdr_lightning.models.classifier import combine_members, distillation_loss
 from tests.helpers import train_tiny
 from tests.models.test_models import variable_length_batch
 
@@ -36,7 +36,8 @@ def step_and_replay(student, batch: dict) -> tuple[torch.Tensor, torch.Tensor, t
     features, frames = student.augmented_features(batch)
     logits = student.classify(student.encoder(features, frames))
     with torch.no_grad():
-        targets = torch.stack([t.classify(t.encoder(features, frames)) for t in student.teachers])
+        # the teachers' raw logits: their calibration temperature stays out of distillation
+        targets = torch.stack([combine_members(t.head(t.encoder(features, frames))) for t in student.teachers])
     return loss, logits, targets
 
 

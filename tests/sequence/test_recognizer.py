@@ -165,3 +165,15 @@ def test_predict_refuses_an_unknown_mode(cnn_run: dict, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mode=strings"):
         predict(predict_cfg(tmp_path, f"ckpt_path={cnn_run['best_checkpoint']}", f"audio={tmp_path}",
                             "mode=strings"))
+
+
+def test_the_search_and_gate_read_the_uncalibrated_probabilities(real_string, tiny_model) -> None:
+    """The recognizer's weights and gate were tuned on the raw softmax: a checkpoint's calibration temperature
+    (models/calibration.py) changes what predict prints for a clip, not the digits found in a string."""
+    assert float(tiny_model.calibration_temperature) != 1.0
+    recognizer = DigitStringRecognizer(tiny_model, "energy", split=SplitSettings(min_confidence=0.0))
+    calibrated = recognizer.recognize(real_string.waveform)
+    tiny_model.calibration_temperature.fill_(1.0)
+    raw = recognizer.recognize(real_string.waveform)
+    assert [(d.digit, d.start_s, d.end_s, d.confidence) for d in calibrated] == [
+        (d.digit, d.start_s, d.end_s, d.confidence) for d in raw]

@@ -67,6 +67,8 @@ def test_export_command_writes_models_that_match_the_checkpoint(cnn_run: dict, t
     printed = capsys.readouterr().out
     assert "max |logit - checkpoint's|" in printed and str(out / "model.onnx") in printed
     model = load_checkpoint(cnn_run["best_checkpoint"]).model
+    assert float(model.calibration_temperature) != 1.0  # so the match shows the exports divide by it too
+    assert info["calibration_temperature"] == pytest.approx(float(model.calibration_temperature))
     assert_exports_match(model.eval(), out)
 
 

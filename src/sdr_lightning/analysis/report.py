@@ -1,5 +1,6 @@
 """Per-split evaluation report: accuracy, confusion matrix (CSV + PNG), per-class precision/recall/F1 (scikit-learn's,
-with 0 where a class was never predicted or never present)."""
+with 0 where a class was never predicted or never present), and how far the top probability is from the accuracy it
+promises (expected calibration error, torchmetrics')."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from sdr_lightning.analysis.predictions import Predictions, write_predictions
 
@@ -24,6 +27,7 @@ class SplitReport:
     recall: np.ndarray
     f1: np.ndarray
     support: np.ndarray
+    calibration_error: float | None = None  # top-label ECE over 15 bins; None without probabilities
 
     @property
     def n(self) -> int:
@@ -38,15 +42,24 @@ class SplitReport:
         return float(self.f1.mean())
 
     def summary(self) -> dict[str, float | int]:
-        return {"accuracy": round(self.accuracy, 6), "macro_f1": round(self.macro_f1, 6), "clips": self.n}
+        figures = {"accuracy": round(self.accuracy, 6), "macro_f1": round(self.macro_f1, 6), "clips": self.n}
+        if self.calibration_error is not None:
+            figures["calibration_error"] = round(self.calibration_error, 6)
+        return figures
 
 
-def build_report(name: str, labels: np.ndarray, predicted: np.ndarray, num_classes: int = 10) -> SplitReport:
+def build_report(name: str, labels: np.ndarray, predicted: np.ndarray, num_classes: int = 10,
+                 probabilities: np.ndarray | None = None) -> SplitReport:
     classes = list(range(num_classes))
     confusion = confusion_matrix(labels, predicted, labels=classes)
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes,
                                                                      zero_division=0)
-    return SplitReport(name, confusion, precision, recall, f1, support.astype(int))
+    error = None
+    if probabilities is not None and len(labels):
+        error = float(multiclass_calibration_error(torch.as_tensor(probabilities, dtype=torch.float32),
+                                                   torch.as_tensor(labels, dtype=torch.long), num_classes,
+                                                   n_bins=15))
+    return SplitReport(name, confusion, precision, recall, f1, support.astype(int), error)
 
 
 def format_per_class(report: SplitReport) -> str:
@@ -89,7 +102,7 @@ def write_split_report(predictions: Predictions, out_dir: Path, name: str, title
     """Write predictions.csv, confusion_matrix.{csv,png}, per_class.csv and summary.json into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = predictions.probabilities.shape[1]
-    report = build_report(name, predictions.labels, predictions.predicted, classes)
+    report = build_report(name, predictions.labels, predictions.predicted, classes, predictions.probabilities)
     write_predictions(predictions, out_dir / "predictions.csv")
     with (out_dir / "confusion_matrix.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

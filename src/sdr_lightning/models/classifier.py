@@ -28,6 +28,7 @@ from sdr_lightning.audio.corrupt import fit_width
 from sdr_lightning.config import instantiate_part
 from sdr_lightning.data.metadata import METRIC_PREFIXES, UNLABELED
 from sdr_lightning.errors import ConfigError
+from sdr_lightning.models.calibration import fit_temperature
 from sdr_lightning.models.normalization import set_clip_weight
 
 NUM_CLASSES = 10
@@ -131,6 +132,11 @@ class DigitClassifier(pl.LightningModule):
     checkpoint loads and predicts on its own.
     `clip_norm`: at inference, the encoder's BatchNorm layers that can (the CNN's, models/normalization.py) blend
     each clip's own statistics into the training ones at this weight; 0: plain BatchNorm. Training is unchanged.
+    `calibrate`: after every validation pass, fit the temperature that divides the logits at inference (`forward`
+    and `classify`: predict, eval and export) to the clean validation clips (models/calibration.py): the
+    probabilities become calibrated and the predictions stay the same. It is a buffer, saved with each checkpoint;
+    a checkpoint from before it loads with 1 (the raw logits). Training, every logged metric and the digit-string
+    recognizer (`raw_logits`) are unchanged.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class DigitClassifier(pl.LightningModule):
         distill_weight: float = 0.5,
         distill_temperature: float = 2.0,
         clip_norm: float = 0.0,
+        calibrate: bool = True,
     ) -> None:
         if not 0.0 <= clip_norm <= 1.0:
             raise ConfigError(f"model.clip_norm={clip_norm}; use a weight from 0 (off) to 1 (each clip's own "
@@ -179,19 +186,31 @@ class DigitClassifier(pl.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_robust_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+        self.register_buffer("calibration_temperature", torch.ones(()))
+        self._calibration_batches: list[tuple[Tensor, Tensor]] = []  # (raw logits, labels) of this validation pass
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints from before calibration have no temperature: theirs is 1, the logits as they were
+        state_dict.setdefault(prefix + "calibration_temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def build_heads(self) -> None:
         """The layers on top of the encoder: the classifier head (SimCLR adds its projection head)."""
         self.head = classifier_head(self.encoder, self.hparams.num_classes)
 
     def classify(self, embedding: Tensor) -> Tensor:
-        """(B, classes) logits from an encoder embedding (ensemble members combined)."""
-        return combine_members(self.head(embedding))
+        """(B, classes) logits from an encoder embedding (ensemble members combined), divided by the calibration
+        temperature."""
+        return combine_members(self.head(embedding)) / self.calibration_temperature
 
     # ---- inference: a raw waveform batch in, logits out (what predict/export use) ----
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
+        return self.raw_logits(waveform, lengths) / self.calibration_temperature
+
+    def raw_logits(self, waveform: Tensor, lengths: Tensor) -> Tensor:
+        """`forward` without the calibration temperature: what the digit-string search and its gate were tuned on."""
         features, frames = self.featurizer(waveform, lengths)
-        return self.classify(self.encoder(features, frames))
+        return combine_members(self.head(self.encoder(features, frames)))
 
     # ---- starting from another run's weights ----
     def setup(self, stage: str) -> None:
@@ -244,7 +263,9 @@ class DigitClassifier(pl.LightningModule):
             return loss
         with torch.no_grad():
             targets = torch.stack([
-                torch.cat([teacher.classify(teacher.encoder(features, frames)) for features, frames in views])
+                # the raw logits: distill_temperature softens them, and a teacher's calibration stays out of it
+                torch.cat([combine_members(teacher.head(teacher.encoder(features, frames)))
+                           for features, frames in views])
                 for teacher in self.teachers])
         distill = distillation_loss(logits, targets, self.hparams.distill_temperature)
         self.log("train/distill_loss", distill, on_step=False, on_epoch=True)
@@ -356,9 +377,9 @@ class DigitClassifier(pl.LightningModule):
             metrics.update(logits.detach()[labeled], labels[labeled])
 
     def _step(self, batch: dict[str, Tensor], metrics: MetricCollection, loss_metric: MeanMetric,
-              mixup: float = 0.0) -> Tensor:
+              mixup: float = 0.0, keep: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """Loss and metrics on a batch; `mixup` > 0 (training only) mixes its clips (`mix_batch`): the loss weighs
-        both labels, the metrics count the larger share's."""
+        both labels, the metrics count the larger share's. `keep`: a list that the (logits, labels) are appended to."""
         features, frames = self.augmented_features(batch)
         labels = batch["label"]
         paired = self.training and "clean_features" in batch
@@ -380,6 +401,8 @@ class DigitClassifier(pl.LightningModule):
         logits = combine_members(outputs)
         loss = self.with_distillation(loss, logits, [(features, frames)])
         self.update_metrics(metrics, loss_metric, logits, labels, loss)
+        if keep is not None:
+            keep.append((logits.detach(), labels))
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -397,11 +420,15 @@ class DigitClassifier(pl.LightningModule):
             self.log("val/loss_robust", self.val_robust_loss, on_step=False, on_epoch=True, add_dataloader_idx=False)
             self.log_dict(self.val_robust_metrics, on_step=False, on_epoch=True, add_dataloader_idx=False)
             return
-        self._step(batch, self.val_metrics, self.val_loss)
+        self._step(batch, self.val_metrics, self.val_loss, keep=self._calibration_batches)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
 
+    def on_validation_epoch_start(self) -> None:
+        self._calibration_batches.clear()
+
     def on_validation_epoch_end(self) -> None:
+        self.calibrate()
         clean = self.val_metrics["acc"].compute()
         self.val_acc_best.update(clean)
         # The same value on every DDP rank (val/acc is synced); sync_dist keeps Lightning's check satisfied.
@@ -409,6 +436,22 @@ class DigitClassifier(pl.LightningModule):
         if self.val_robust_metrics["acc"].update_called:  # the mean of clean and corrupted DEV, to select on both
             combined = (clean + self.val_robust_metrics["acc"].compute()) / 2
             self.log("val/acc_combined", combined, prog_bar=True, sync_dist=True)
+
+    def calibrate(self) -> None:
+        """Fit the calibration temperature to this validation pass's clean clips (`calibrate`): in training only, not
+        in Lightning's sanity check, and not for a model whose head is refit before evaluation (SimCLR's probe)."""
+        batches, self._calibration_batches = self._calibration_batches, []
+        trainer = self.trainer
+        if (not self.hparams.get("calibrate") or self.needs_probe_refit or not batches
+                or trainer.state.fn != "fit" or trainer.sanity_checking):
+            return
+        logits, labels = (torch.cat(parts) for parts in zip(*batches))
+        if trainer.world_size > 1:  # every rank fits the same temperature, on every rank's clips
+            logits, labels = self.all_gather(logits).flatten(0, 1), self.all_gather(labels).flatten(0, 1)
+        labeled = labels != UNLABELED
+        temperature = fit_temperature(logits[labeled].float().cpu(), labels[labeled].cpu())
+        self.calibration_temperature.fill_(temperature)
+        self.log("val/temperature", temperature, sync_dist=False)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_metrics, self.test_loss)

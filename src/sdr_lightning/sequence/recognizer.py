@@ -119,7 +119,10 @@ class DigitStringRecognizer:
     def probabilities(self, pieces: list[np.ndarray]) -> np.ndarray:
         """(len(pieces), classes) softmax of the classifier for each piece of audio."""
         batch = collate_waveforms([(torch.from_numpy(np.ascontiguousarray(p)), 0, i) for i, p in enumerate(pieces)])
-        return self.model(batch["waveform"], batch["lengths"]).float().softmax(dim=-1).numpy()
+        # a DigitClassifier's raw logits: the search's weights and the gate were tuned on its uncalibrated softmax,
+        # and calibrated probabilities rank pieces worse here (docs/digit_strings.md)
+        score = getattr(self.model, "raw_logits", self.model)
+        return score(batch["waveform"], batch["lengths"]).float().softmax(dim=-1).numpy()
 
     def digits_in_segment(self, audio: np.ndarray, offset: int) -> list[RecognizedDigit]:
         """The digits in one speech segment (`audio`, which starts at sample `offset` of the recording)."""

@@ -291,8 +291,10 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float | int]]:
     print(f"\n{name} from {run.checkpoint}")
     for split, figures in summary.items():
         robust = f" | {cfg.suite} mean {figures['robustness']['mean']:.4f}" if "robustness" in figures else ""
+        calibration = (f" | calibration error {figures['calibration_error']:.3f}"
+                       if "calibration_error" in figures else "")
         print(f"{split}: accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
-              f"{figures['clips']} clips{robust}")
+              f"{figures['clips']} clips{calibration}{robust}")
     print(f"reports: {out_dir}", flush=True)
     return summary
 

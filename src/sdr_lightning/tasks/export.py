@@ -34,8 +34,9 @@ OUTPUT_NAMES = ["logits"]
 
 
 class WaveformClassifier(nn.Module):
-    """A DigitClassifier's inference path (featurizer, encoder, head) as a plain module: a LightningModule cannot be
-    traced (tracing reads its `trainer` property), and exports need none of the training plumbing.
+    """A DigitClassifier's inference path (featurizer, encoder, head, calibration temperature) as a plain module: a
+    LightningModule cannot be traced (tracing reads its `trainer` property), and exports need none of the training
+    plumbing.
 
     It appends `pad` zeros to the batch. They lie past every clip's length, so the features and encoders mask them
     and the logits do not change; but the batch is then always at least one FFT window wide and gives at least two
@@ -45,6 +46,7 @@ class WaveformClassifier(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.featurizer, self.encoder, self.head = model.featurizer, model.encoder, model.head
+        self.register_buffer("temperature", model.calibration_temperature.detach().clone())  # models/calibration.py
         min_frames = getattr(model.encoder, "patch_time", 1) + getattr(model.encoder, "stride_time", 1)
         self.pad = self.featurizer.n_fft + self.featurizer.hop_length * (min_frames - 1)
         self.sample_rate = int(self.featurizer.sample_rate)
@@ -52,7 +54,7 @@ class WaveformClassifier(nn.Module):
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
         waveform = nn.functional.pad(waveform, (0, self.pad))
         features, frames = self.featurizer(waveform, lengths)
-        return combine_members(self.head(self.encoder(features, frames)))
+        return combine_members(self.head(self.encoder(features, frames))) / self.temperature
 
 
 def check_batches(sample_rate: int, n_fft: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
@@ -189,7 +191,9 @@ def export(cfg: DictConfig) -> list[ExportResult]:
         "sample_rate": sample_rate,
         "inputs": {"waveform": "float32 (batch, samples), mono, zero-padded",
                    "lengths": "int64 (batch,), each clip's length in samples"},
-        "outputs": {"logits": "float32 (batch, 10); softmax gives the probability of digits 0-9"},
+        "outputs": {"logits": "float32 (batch, 10); softmax gives the probability of digits 0-9 (calibrated: "
+                               "already divided by the checkpoint's temperature)"},
+        "calibration_temperature": float(model.calibration_temperature),
         "files": {r.format: r.path.name for r in results},
         "max_abs_diff": {r.format: r.max_abs_diff for r in results},
     }

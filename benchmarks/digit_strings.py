@@ -26,7 +26,7 @@ from _common import configure, find_data, machine, markdown_table, write_json  #
 from sdr_lightning.audio.io import load_audio
 from sdr_lightning.data.metadata import read_metadata
 from sdr_lightning.errors import DataError
-from sdr_lightning.sequence.recognizer import DigitStringRecognizer, SplitSettings
+from sdr_lightning.sequence.recognizer import DigitStringRecognizer, SplitSettings, checkpoint_gate
 from sdr_lightning.sequence.rejector import Rejector
 from sdr_lightning.sequence.strings import ROOM_TONE_DB, build_string, edit_operations, scaled
 from sdr_lightning.tasks.checkpoint import load_for_inference
@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strings", type=int, default=100, help="strings per condition")
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     parser.add_argument("--segmenters", nargs="+", default=["silero", "energy"], choices=["silero", "energy"])
-    parser.add_argument("--min-confidence", type=float, default=SplitSettings.min_confidence,
-                        help="the confidence gate of the main table (default: SplitSettings.min_confidence)")
+    parser.add_argument("--min-confidence", default=str(SplitSettings.min_confidence),
+                        help="the confidence gate of the main table: a probability (default: SplitSettings'), or auto "
+                             "(the checkpoint's own, as sequence.min_confidence=auto)")
     parser.add_argument("--gates", type=float, nargs="*", default=[0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
                         help="gates of the trade-off table (digits are found once, with no gate, then filtered)")
     parser.add_argument("--digit-free-s", type=float, default=DIGIT_FREE_S, help="seconds of each digit-free audio")
@@ -185,8 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     configure(args.threads)
     data = find_data(args.data)
     model = load_for_inference(args.checkpoint, data_dir=str(data)).model
+    args.min_confidence = (checkpoint_gate(model) if args.min_confidence == "auto"
+                           else float(args.min_confidence))
     clips, labels, pool = clips_of(data, args.split)
-    print(f"{machine()}; {args.checkpoint}; strings of {args.split} clips; gate {args.min_confidence}; rejector "
+    print(f"{machine()}; {args.checkpoint}; strings of {args.split} clips; gate {args.min_confidence:.3f}; rejector "
           f"{args.rejector or 'none'}\n", flush=True)
     strings = {c: make_strings(clips, labels, pool, c, args.strings, args.seed) for c in args.conditions}
     free = digit_free_audio(clips, pool, args.seed, args.digit_free_s)

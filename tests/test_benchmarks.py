@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from tests.helpers import ROOT
 
@@ -262,8 +263,11 @@ def test_digit_strings(cnn_run: dict, synthetic_data: Path, tmp_path: Path, monk
     load("digit_strings", monkeypatch).main([cnn_run["best_checkpoint"], "--data", str(synthetic_data), "--strings",
                                              "3", "--conditions", "clean", "white_10db", "--segmenters", "energy",
                                              "--digit-free-s", "3", "--stream-strings", "2", "--gates", "0", "0.5",
-                                             "--out", str(out)])
-    figures = json.loads(out.read_text())["results"]["energy"]
+                                             "--min-confidence", "auto", "--out", str(out)])
+    written = json.loads(out.read_text())
+    gate = float(torch.load(cnn_run["best_checkpoint"], weights_only=True)["state_dict"]["digit_gate"])
+    assert written["min_confidence"] == pytest.approx(gate if gate > 0 else 0.3)  # auto: the checkpoint's own
+    figures = written["results"]["energy"]
     clean = figures["clean"]["0.0"]
     assert clean["digits"] >= 9 and 0 <= clean["der"] and clean["string_acc"] <= 1
     assert figures["clean"]["0.5"]["insertions"] <= clean["insertions"]  # a gate only ever drops digits

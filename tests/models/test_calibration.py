@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sdr_lightning.models.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, fit_temperature
+from sdr_lightning.models.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, confidence_gate, fit_temperature
 from sdr_lightning.models.classifier import combine_members
 from sdr_lightning.tasks.checkpoint import load_checkpoint, read_checkpoint
 
@@ -53,10 +53,11 @@ def test_a_checkpoint_from_before_calibration_loads_with_temperature_one(make_cf
     model = instantiate(make_cfg("model=cnn", "model.encoder.channels=16").model, _recursive_=False,
                         _convert_="all")
     state = model.state_dict()
-    del state["calibration_temperature"]  # as saved before calibration existed
+    del state["calibration_temperature"], state["digit_gate"]  # as saved before calibration existed
     model.calibration_temperature.fill_(2.0)
-    model.load_state_dict(state)  # strict: the missing key is filled, not an error
-    assert float(model.calibration_temperature) == 1.0
+    model.digit_gate.fill_(0.5)
+    model.load_state_dict(state)  # strict: the missing keys are filled, not an error
+    assert float(model.calibration_temperature) == 1.0 and float(model.digit_gate) == 0.0
 
 
 def test_validation_fits_the_temperature_only_while_training(make_cfg) -> None:
@@ -68,15 +69,30 @@ def test_validation_fits_the_temperature_only_while_training(make_cfg) -> None:
         def __init__(self, fn: str, sanity: bool = False) -> None:
             self.state, self.sanity_checking, self.world_size = type("S", (), {"fn": fn})(), sanity, 1
 
-    for stub, expected in ((Stub("validate"), 1.0), (Stub("fit", sanity=True), 1.0), (Stub("fit"), 0.5)):
+    gate = confidence_gate(logits * 0.5, labels)
+    assert 0 < gate < 1
+    for stub, fitted in ((Stub("validate"), False), (Stub("fit", sanity=True), False), (Stub("fit"), True)):
         model._trainer = stub
         model.log = lambda *args, **kwargs: None
         model.calibration_temperature.fill_(1.0)
+        model.digit_gate.fill_(0.0)
         model._calibration_batches = [(logits[:250] * 0.5, labels[:250]), (logits[250:] * 0.5, labels[250:])]
         model.calibrate()
-        assert float(model.calibration_temperature) == pytest.approx(expected, rel=0.15)
+        assert float(model.calibration_temperature) == (pytest.approx(0.5, rel=0.15) if fitted else 1.0)
+        assert float(model.digit_gate) == (pytest.approx(gate) if fitted else 0.0)
         assert model._calibration_batches == []
-    model.hparams.calibrate = False
+    model.hparams.calibrate = False  # the temperature stays as it is; the gate is still fitted
+    model.digit_gate.fill_(0.0)
     model._calibration_batches = [(logits * 0.5, labels)]
     model.calibrate()
-    assert float(model.calibration_temperature) == pytest.approx(0.5, rel=0.15)  # left as it was
+    assert float(model.calibration_temperature) == pytest.approx(0.5, rel=0.15)
+    assert float(model.digit_gate) == pytest.approx(gate)
+
+
+def test_the_gate_is_a_low_quantile_of_the_right_answers_confidence() -> None:
+    logits = torch.zeros(201, 10)
+    logits[:, 0] = torch.linspace(0, 5, 201)  # top probabilities rising from 0.1 towards 0.94, all for digit 0
+    right = torch.zeros(201, dtype=torch.long)
+    top = logits.softmax(-1).max(-1).values
+    assert confidence_gate(logits, right, quantile=0.1) == pytest.approx(float(top[20]))
+    assert confidence_gate(logits, torch.ones(201, dtype=torch.long)) == 0.0  # no right answer: no gate

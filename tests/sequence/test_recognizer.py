@@ -177,3 +177,13 @@ def test_the_search_and_gate_read_the_uncalibrated_probabilities(real_string, ti
     raw = recognizer.recognize(real_string.waveform)
     assert [(d.digit, d.start_s, d.end_s, d.confidence) for d in calibrated] == [
         (d.digit, d.start_s, d.end_s, d.confidence) for d in raw]
+
+
+def test_the_auto_gate_is_the_checkpoints_own(tiny_model) -> None:
+    tiny_model.digit_gate.fill_(0.18)
+    assert build_recognizer(tiny_model, min_confidence="auto").split.min_confidence == pytest.approx(0.18)
+    assert build_recognizer(tiny_model, min_confidence=0.4).split.min_confidence == 0.4
+    tiny_model.digit_gate.fill_(0.0)  # a checkpoint from before the gate was fitted: the default 0.3
+    assert build_recognizer(tiny_model, min_confidence="auto").split.min_confidence == 0.3
+    with pytest.raises(ConfigError, match="sequence.min_confidence='sure'"):
+        build_recognizer(tiny_model, min_confidence="sure")

@@ -28,7 +28,7 @@ from sdr_lightning.audio.corrupt import fit_width
 from sdr_lightning.config import instantiate_part
 from sdr_lightning.data.metadata import METRIC_PREFIXES, UNLABELED
 from sdr_lightning.errors import ConfigError
-from sdr_lightning.models.calibration import fit_temperature
+from sdr_lightning.models.calibration import confidence_gate, fit_temperature
 from sdr_lightning.models.normalization import set_clip_weight
 
 NUM_CLASSES = 10
@@ -187,11 +187,13 @@ class DigitClassifier(pl.LightningModule):
         self.val_robust_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         self.register_buffer("calibration_temperature", torch.ones(()))
+        self.register_buffer("digit_gate", torch.zeros(()))  # sequence.min_confidence=auto; 0: none fitted
         self._calibration_batches: list[tuple[Tensor, Tensor]] = []  # (raw logits, labels) of this validation pass
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # checkpoints from before calibration have no temperature: theirs is 1, the logits as they were
+        # checkpoints from before calibration have no temperature (theirs is 1, the logits as they were) and no gate
         state_dict.setdefault(prefix + "calibration_temperature", torch.ones(()))
+        state_dict.setdefault(prefix + "digit_gate", torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def build_heads(self) -> None:
@@ -438,20 +440,23 @@ class DigitClassifier(pl.LightningModule):
             self.log("val/acc_combined", combined, prog_bar=True, sync_dist=True)
 
     def calibrate(self) -> None:
-        """Fit the calibration temperature to this validation pass's clean clips (`calibrate`): in training only, not
-        in Lightning's sanity check, and not for a model whose head is refit before evaluation (SimCLR's probe)."""
+        """From this validation pass's clean clips: the calibration temperature (`calibrate`) and the digit-string
+        gate (models/calibration.py). In training only, not in Lightning's sanity check, and not for a model whose
+        head is refit before evaluation (SimCLR's probe)."""
         batches, self._calibration_batches = self._calibration_batches, []
         trainer = self.trainer
-        if (not self.hparams.get("calibrate") or self.needs_probe_refit or not batches
-                or trainer.state.fn != "fit" or trainer.sanity_checking):
+        if self.needs_probe_refit or not batches or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         logits, labels = (torch.cat(parts) for parts in zip(*batches))
-        if trainer.world_size > 1:  # every rank fits the same temperature, on every rank's clips
+        if trainer.world_size > 1:  # every rank fits the same values, on every rank's clips
             logits, labels = self.all_gather(logits).flatten(0, 1), self.all_gather(labels).flatten(0, 1)
         labeled = labels != UNLABELED
-        temperature = fit_temperature(logits[labeled].float().cpu(), labels[labeled].cpu())
-        self.calibration_temperature.fill_(temperature)
-        self.log("val/temperature", temperature, sync_dist=False)
+        logits, labels = logits[labeled].float().cpu(), labels[labeled].cpu()
+        self.digit_gate.fill_(confidence_gate(logits, labels))
+        if self.hparams.get("calibrate"):
+            temperature = fit_temperature(logits, labels)
+            self.calibration_temperature.fill_(temperature)
+            self.log("val/temperature", temperature, sync_dist=False)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_metrics, self.test_loss)

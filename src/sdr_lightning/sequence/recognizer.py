@@ -205,12 +205,25 @@ class DigitStream:
         return digits
 
 
-def build_recognizer(model: torch.nn.Module, segmenter: str = "silero", min_confidence: float | None = None,
+def checkpoint_gate(model: torch.nn.Module) -> float:
+    """`sequence.min_confidence=auto`: the gate a trained DigitClassifier saved (models/calibration.py:
+    confidence_gate, fitted on its validation clips), or SplitSettings' 0.3 for a model without one."""
+    gate = float(getattr(model, "digit_gate", 0.0))
+    return gate if gate > 0 else SplitSettings.min_confidence
+
+
+def build_recognizer(model: torch.nn.Module, segmenter: str = "silero", min_confidence: float | str | None = None,
                      thresholds: dict[str, float] | None = None, vad: dict | None = None,
                      split: dict | None = None, rejector: str | None = None,
                      checkpoint: str | Path | None = None) -> DigitStringRecognizer:
     """A recognizer from plain values (a config's `sequence:` block): unknown keys are a ConfigError naming them.
-    `rejector`: null, `auto` (`<checkpoint>.rejector.json` when there is one) or a rejector file's path."""
+    `rejector`: null, `auto` (`<checkpoint>.rejector.json` when there is one) or a rejector file's path.
+    `min_confidence`: a probability, or `auto` for the model's own gate (`checkpoint_gate`)."""
+    if isinstance(min_confidence, str):
+        if min_confidence != "auto":
+            raise ConfigError(f"sequence.min_confidence={min_confidence!r}; use a probability from 0 to 1, or auto "
+                              "(the gate the checkpoint fitted on its validation clips).")
+        min_confidence = checkpoint_gate(model)
     def settings(kind: type, values: dict | None, key: str, **extra: object) -> object:
         values = {**dict(values or {}), **{k: v for k, v in extra.items() if v is not None}}
         known = set(kind.__dataclass_fields__)

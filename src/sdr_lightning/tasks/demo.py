@@ -120,7 +120,7 @@ def recognizer_summary(recognizer: Any) -> str:
     segmenter = getattr(recognizer, "segmenter", None)
     text = (f"**Digit strings:** a VAD ({segmenter + ' ' if isinstance(segmenter, str) else ''}speech detection) finds "
             "the speech, and the classifier's scores cut each stretch into digits")
-    return text + (f"; a digit is reported at probability {gate:g} or more" if gate is not None else "")
+    return text + (f"; a digit is reported at probability {gate:.2f} or more" if gate is not None else "")
 
 
 # ---- one recording ---------------------------------------------------------------------------------------------

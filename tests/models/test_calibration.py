@@ -68,6 +68,7 @@ def test_validation_fits_the_temperature_only_while_training(make_cfg) -> None:
     class Stub:  # what calibrate() reads off the trainer
         def __init__(self, fn: str, sanity: bool = False) -> None:
             self.state, self.sanity_checking, self.world_size = type("S", (), {"fn": fn})(), sanity, 1
+            self.callbacks = []
 
     gate = confidence_gate(logits * 0.5, labels)
     assert 0 < gate < 1
@@ -96,3 +97,23 @@ def test_the_gate_is_a_low_quantile_of_the_right_answers_confidence() -> None:
     top = logits.softmax(-1).max(-1).values
     assert confidence_gate(logits, right, quantile=0.1) == pytest.approx(float(top[20]))
     assert confidence_gate(logits, torch.ones(201, dtype=torch.long)) == 0.0  # no right answer: no gate
+
+
+@pytest.mark.parametrize("callbacks", ["ema", "swa"])
+def test_a_weight_average_saves_the_values_fitted_on_its_own_predictions(callbacks: str, synthetic_data: Path,
+                                                                         tmp_path: Path) -> None:
+    """With callbacks=ema or swa, validation and checkpoints use the average's weights and buffers: the checkpoint
+    holds the temperature fitted on the last validation pass (logged as val/temperature), not the average's own copy
+    of an older value."""
+    import csv
+
+    from tests.helpers import train_tiny
+
+    metrics = train_tiny(tmp_path, synthetic_data, "model=cnn", "model.encoder.channels=16", f"callbacks={callbacks}",
+                         "trainer.max_epochs=3", "callbacks.model_checkpoint.monitor=null",
+                         *(["callbacks.swa.epochs=1"] if callbacks == "swa" else []))
+    state = read_checkpoint(Path(metrics["best_checkpoint"]))["state_dict"]
+    with next(tmp_path.rglob("metrics.csv")).open() as handle:
+        logged = [float(row["val/temperature"]) for row in csv.DictReader(handle) if row.get("val/temperature")]
+    assert len(logged) == 3
+    assert float(state["calibration_temperature"]) == pytest.approx(logged[-1])

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -452,10 +453,16 @@ class DigitClassifier(pl.LightningModule):
             logits, labels = self.all_gather(logits).flatten(0, 1), self.all_gather(labels).flatten(0, 1)
         labeled = labels != UNLABELED
         logits, labels = logits[labeled].float().cpu(), labels[labeled].cpu()
-        self.digit_gate.fill_(confidence_gate(logits, labels))
-        if self.hparams.get("calibrate"):
-            temperature = fit_temperature(logits, labels)
-            self.calibration_temperature.fill_(temperature)
+        # a weight average (callbacks=ema or swa) validated here and is what checkpoints save: it gets the values too
+        models = [self, *(callback._average_model.module for callback in trainer.callbacks
+                          if isinstance(callback, WeightAveraging) and callback._average_model is not None)]
+        gate = confidence_gate(logits, labels)
+        temperature = fit_temperature(logits, labels) if self.hparams.get("calibrate") else None
+        for model in models:
+            model.digit_gate.fill_(gate)
+            if temperature is not None:
+                model.calibration_temperature.fill_(temperature)
+        if temperature is not None:
             self.log("val/temperature", temperature, sync_dist=False)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -45,7 +45,6 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> float:
     return min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
 
 
-
 # The digit-string gate of a checkpoint (sequence.min_confidence=auto): the raw top probability under which this share
 # of its right answers on the clean validation clips fall. 1.5% is where experiment=robust_cnn seed 1 puts the gate 0.3
 # chosen for it on DEV strings (docs/digit_strings.md); a model less sure of itself gets a lower gate.

@@ -201,19 +201,19 @@ class DigitClassifier(pl.LightningModule):
         """The layers on top of the encoder: the classifier head (SimCLR adds its projection head)."""
         self.head = classifier_head(self.encoder, self.hparams.num_classes)
 
-    def classify(self, embedding: Tensor) -> Tensor:
+    def classify(self, embedding: Tensor, calibrated: bool = True) -> Tensor:
         """(B, classes) logits from an encoder embedding (ensemble members combined), divided by the calibration
-        temperature."""
-        return combine_members(self.head(embedding)) / self.calibration_temperature
+        temperature unless `calibrated` is false."""
+        logits = combine_members(self.head(embedding))
+        return logits / self.calibration_temperature if calibrated else logits
 
     # ---- inference: a raw waveform batch in, logits out (what predict/export use) ----
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
-        return self.raw_logits(waveform, lengths) / self.calibration_temperature
+        return self.classify(self.encoder(*self.featurizer(waveform, lengths)))
 
     def raw_logits(self, waveform: Tensor, lengths: Tensor) -> Tensor:
         """`forward` without the calibration temperature: what the digit-string search and its gate were tuned on."""
-        features, frames = self.featurizer(waveform, lengths)
-        return combine_members(self.head(self.encoder(features, frames)))
+        return self.classify(self.encoder(*self.featurizer(waveform, lengths)), calibrated=False)
 
     # ---- starting from another run's weights ----
     def setup(self, stage: str) -> None:
@@ -267,7 +267,7 @@ class DigitClassifier(pl.LightningModule):
         with torch.no_grad():
             targets = torch.stack([
                 # the raw logits: distill_temperature softens them, and a teacher's calibration stays out of it
-                torch.cat([combine_members(teacher.head(teacher.encoder(features, frames)))
+                torch.cat([teacher.classify(teacher.encoder(features, frames), calibrated=False)
                            for features, frames in views])
                 for teacher in self.teachers])
         distill = distillation_loss(logits, targets, self.hparams.distill_temperature)

@@ -224,6 +224,7 @@ def build_recognizer(model: torch.nn.Module, segmenter: str = "silero", min_conf
             raise ConfigError(f"sequence.min_confidence={min_confidence!r}; use a probability from 0 to 1, or auto "
                               "(the gate the checkpoint fitted on its validation clips).")
         min_confidence = checkpoint_gate(model)
+
     def settings(kind: type, values: dict | None, key: str, **extra: object) -> object:
         values = {**dict(values or {}), **{k: v for k, v in extra.items() if v is not None}}
         known = set(kind.__dataclass_fields__)

@@ -56,6 +56,7 @@ def test_unknown_option_lists_valid_choices(tmp_path: Path) -> None:
     ("trainer.max_epochs=-1", r"trainer.max_epochs=-1 cannot work; use an integer >= 1"),
     ("trainer.max_epochs=0", r"trainer.max_epochs=0 cannot work"),
     ("data.batch_size=0", r"data.batch_size=0 cannot work; use an integer >= 1"),
+    ("data.group_by_length=-1", r"data.group_by_length=-1 cannot work; use an integer >= 0"),
     ("data.eval_batch_size=-3", r"data.eval_batch_size=-3 cannot work"),
     ("model.optimizer.lr=abc", r"model.optimizer.lr='abc' cannot work; use a number > 0"),
     ("model.optimizer.lr=0", r"model.optimizer.lr=0 cannot work"),

@@ -94,6 +94,8 @@ TRAIN_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
      "be scheduled)"),
     ("trainer.check_val_every_n_epoch", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1 (clips per training step)"),
+    ("data.group_by_length", lambda v: _integer(v) and v >= 0,
+     "an integer >= 0 (batches per length-sorted group; 0 for plain shuffled batches)"),
     ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.num_workers", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: load in the main process)"),
     ("data.cache_max_gb", lambda v: v is None or (_number(v) and v > 0), "a number of GB > 0, or null for no bound"),

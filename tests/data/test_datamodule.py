@@ -6,7 +6,7 @@ import torch
 import sdr_lightning.data.cache as cache_module
 import sdr_lightning.data.datamodule as datamodule_module
 from sdr_lightning.audio.features import LogMel
-from sdr_lightning.data.datamodule import SpokenDigitDataModule
+from sdr_lightning.data.datamodule import ClipDataset, LengthGroupedSampler, SpokenDigitDataModule
 from sdr_lightning.errors import DataError
 from tests.helpers import FeatureConsumer
 
@@ -175,10 +175,83 @@ def test_each_loso_fold_gets_a_bank_of_its_own_train_clips(synthetic_data: Path,
     assert torch.equal(after_fold_0, fold_bank(1, tmp_path / "fresh"))
 
 
-@pytest.mark.parametrize("consistency", [0, 2])
-def test_a_model_trains_from_the_bank(make_cfg, tmp_path: Path, consistency: float) -> None:
+@pytest.mark.parametrize(("consistency", "group_by_length"), [(0, 0), (2, 0), (0, 2)])
+def test_a_model_trains_from_the_bank(make_cfg, tmp_path: Path, consistency: float, group_by_length: int) -> None:
     from sdr_lightning.tasks.train import train
 
     value = train(make_cfg("model=cnn", "model.encoder.channels=16", "debug=limit", "augment=[noise,reverb]",
-                           "data.augment_bank=2", "report.projector=false", f"model.consistency={consistency}"))
+                           "data.augment_bank=2", "report.projector=false", f"model.consistency={consistency}",
+                           f"data.group_by_length={group_by_length}"))
     assert 0.0 <= value <= 1.0
+
+
+def varied_lengths_dataset(count: int = 40, copies: int = 2) -> ClipDataset:
+    """Feature clips of 5-44 frames whose copies are each a different length from the clip (as a room's tail or a
+    pause makes them); every frame holds its clip's index and its version, to read back what was served."""
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(5, 45, (copies + 1, count), generator=generator)
+    versions = [[torch.full((2, int(frames[v, i])), float(i + 1000 * v)) for i in range(count)]
+                for v in range(copies + 1)]
+    return ClipDataset([None] * count, versions[0], "features", labels=[i % 10 for i in range(count)],
+                       copies=versions[1:])
+
+
+def served(dataset: ClipDataset, sampler: LengthGroupedSampler, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    indices = list(sampler)
+    return [dataset.__getitems__(indices[i: i + batch_size]) for i in range(0, len(indices), batch_size)]
+
+
+def test_length_grouped_batches_serve_every_clip_once_with_little_padding() -> None:
+    dataset = varied_lengths_dataset()
+    sampler = LengthGroupedSampler(dataset, batch_size=4, window=5, seed=7)
+    batches = served(dataset, sampler, 4)
+    served_clips = torch.cat([b["index"] for b in batches])
+    assert sorted(served_clips.tolist()) == list(range(40))  # each clip once an epoch
+    for batch in batches:
+        first = batch["features"][:, 0, 0]  # clip index + 1000 * version, as written
+        assert torch.equal(first.remainder(1000).long(), batch["index"])
+        version = first.div(1000, rounding_mode="floor").long()
+        assert torch.equal(batch["augmented"], version > 0)
+        # the served frames are the drawn version's, and its length is that version's
+        assert torch.equal(batch["feature_lengths"], dataset.lengths[version, batch["index"]])
+    padded = sum(b["features"].shape[0] * b["features"].shape[-1] for b in batches)
+    used = sum(int(b["feature_lengths"].sum()) for b in batches)
+    generator = torch.Generator().manual_seed(7)  # the same clips and versions in shuffled batches pad far more
+    plain = dataset.lengths[torch.randint(0, 3, (40,), generator=generator), torch.randperm(40, generator=generator)]
+    assert used / padded > 0.85 > 0.7 > plain.sum() / (plain.view(10, 4).amax(1).sum() * 4)
+    assert {int(v) for b in batches for v in b["features"][:, 0, 0].div(1000, rounding_mode="floor")} == {0, 1, 2}
+
+
+def test_length_grouped_order_is_seeded_by_the_epoch() -> None:
+    dataset = varied_lengths_dataset()
+    sampler = LengthGroupedSampler(dataset, batch_size=4, window=2, seed=3)
+    first, second = list(sampler), list(sampler)  # an unannounced epoch is the next one (DDP's wrapper)
+    assert first != second
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # a resumed run, or another DDP rank, draws the same epoch alike
+    assert list(LengthGroupedSampler(dataset, batch_size=4, window=2, seed=3)) == first
+    dataset.clean_only = True  # CleanFinish's epochs: every clip as itself
+    assert all(index < len(dataset) for index in sampler)
+    dataset.clean_only = False
+    sampler.set_epoch(0)
+    assert any(index >= len(dataset) for index in sampler)
+
+
+def test_length_grouped_part_batch_comes_last() -> None:
+    dataset = varied_lengths_dataset(count=42)
+    indices = list(LengthGroupedSampler(dataset, batch_size=4, window=3, seed=1))
+    assert len(indices) == 42  # ten whole batches, then the two left over (which drop_last drops)
+    last_two = {i % 42 for i in indices[-2:]}
+    assert last_two == {i % 42 for i in indices} - {i % 42 for i in indices[:-2]}
+
+
+def test_datamodule_serves_length_grouped_batches(synthetic_data: Path, tmp_path: Path) -> None:
+    dm = SpokenDigitDataModule(dir=str(synthetic_data), cache_dir=str(tmp_path), batch_size=8, download=False,
+                               augment_bank=2, group_by_length=2)
+    dm.setup("fit", model=Augments())
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, LengthGroupedSampler)
+    clips = torch.cat([batch["index"] for batch in loader])
+    assert len(clips) == len(set(clips.tolist())) == len(dm.datasets["TRAIN"]) // 8 * 8
+    # evaluation loaders are untouched, and read the clips themselves
+    assert not isinstance(dm.val_dataloader().sampler, LengthGroupedSampler)

@@ -150,3 +150,23 @@ def test_ddp_inside_a_multirun_is_refused(make_cfg) -> None:
     build(make_cfg("trainer=ddp", "trainer.devices=2", "model=linear"))  # a single run is fine
     with pytest.raises(ConfigError, match="ddp_spawn .* is not supported"):  # it would train in throwaway processes
         build(make_cfg("trainer=ddp", "trainer.devices=2", "trainer.strategy=ddp_spawn", "model=linear"))
+
+
+def test_length_grouped_batches_under_ddp(synthetic_data: Path, tmp_path: Path) -> None:
+    """data.group_by_length under DDP: Lightning wraps the sampler, each rank takes every other clip of its order;
+    the ranks' shares stay disjoint and each epoch is drawn anew."""
+    indices = tmp_path / "indices"
+    result = subprocess.run(
+        [sys.executable, "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=cnn",
+         "model.encoder.channels=16", "seed=3", "trainer.max_epochs=2", "data.batch_size=4", "data.group_by_length=2",
+         "test=false", "report.projector=false", "report.misclassified_audio=0", *QUIET,
+         "+callbacks.indices._target_=tests.tasks.test_ddp.BatchIndexRecorder", f"+callbacks.indices.folder={indices}"],
+        cwd=ROOT, env=sweep_env(synthetic_data, tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    seen = [json.loads((indices / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    epochs = [[seen[rank][f"fit/train/epoch{epoch}"] for rank in (0, 1)] for epoch in (0, 1)]
+    for shares in epochs:
+        assert len(shares[0]) == len(shares[1]) > 0
+        assert not set(shares[0]) & set(shares[1])
+    assert epochs[0][0] != epochs[1][0]

@@ -44,13 +44,15 @@ def finish(process: subprocess.Popen, log: Path) -> str:
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_metrics(synthetic_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["data.augment_bank=2", "data.group_by_length=2"]], ids=["plain", "grouped"])
+def test_sigkilled_run_resumes_to_the_same_metrics(synthetic_data: Path, tmp_path: Path, extra: list[str]) -> None:
+    """`grouped`: a bank and length-grouped batches, whose sampler draws the order and the copies by epoch."""
     env = {**os.environ, "SDR_DATA_DIR": str(synthetic_data), "SDR_CACHE_DIR": str(tmp_path / "cache"),
            "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
     # side by side: saves time
-    uninterrupted = start_training([*RUN, f"hydra.run.dir={full}"], env, tmp_path / "full.log")
-    process = start_training([*RUN, f"hydra.run.dir={killed}"], env, tmp_path / "killed.log")
+    uninterrupted = start_training([*RUN, *extra, f"hydra.run.dir={full}"], env, tmp_path / "full.log")
+    process = start_training([*RUN, *extra, f"hydra.run.dir={killed}"], env, tmp_path / "killed.log")
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.is_file() and process.poll() is None and time.monotonic() < deadline:

@@ -52,6 +52,7 @@ class ClipDataset(Dataset):
         self.key, self.length_key = BATCH_KEYS[kind]
         self.copies = len(copies)
         self.clean_only = False  # true: serve each clip as itself, never a copy (tasks.callbacks.CleanFinish)
+        self.versions_from_sampler = False  # true: indices carry the version too (LengthGroupedSampler)
         if self.tensors:
             versions = [_pad_batch([(t, label, i) for i, (t, label) in enumerate(zip(version, self.labels))],
                                    self.key, self.length_key) for version in (self.tensors, *copies)]
@@ -70,11 +71,13 @@ class ClipDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
         """A whole batch, padded to its longest clip (what `collate_batch` builds from a list of items). With
         augmented copies, each clip comes as itself or one of its copies, drawn anew every time (torch's generator);
-        with `pair_clean`, as one of its copies and as itself."""
+        with `pair_clean`, as one of its copies and as itself. Under `versions_from_sampler` the sampler has drawn
+        them: each index is `version * len(self) + clip` (LengthGroupedSampler)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        drawn = self.copies and not self.clean_only
-        lowest = 1 if self.pair_clean else 0
-        version = torch.randint(lowest, self.copies + 1, index.shape) if drawn else torch.zeros_like(index)
+        if self.versions_from_sampler:
+            version, index = index.div(len(self), rounding_mode="floor"), index.remainder(len(self))
+        else:
+            version = self.draw_versions(len(index))
         batch = {**self._version(version, index), "label": self.label_tensor[index], "index": index}
         if self.copies:
             batch["augmented"] = version > 0  # already through the model's waveform augmentations
@@ -83,9 +86,55 @@ class ClipDataset(Dataset):
             batch.update({f"clean_{key}": value for key, value in clean.items()})
         return batch
 
+    def draw_versions(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        """Which version `count` clips come as: 0 (the clip itself) or one of its augmented copies."""
+        if not self.copies or self.clean_only:
+            return torch.zeros(count, dtype=torch.long)
+        return torch.randint(1 if self.pair_clean else 0, self.copies + 1, (count,), generator=generator)
+
     def _version(self, version: Tensor, index: Tensor) -> dict[str, Tensor]:
         lengths = self.lengths[version, index]
         return {self.key: self.padded[version, index][..., : int(lengths.max())], self.length_key: lengths}
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Every clip of `dataset` once an epoch, ordered so that each batch of `batch_size` holds clips of about the
+    same length. A batch is padded to its longest clip, and shuffled FSDD batches are more than half padding, which
+    every convolution computes. Each epoch shuffles the clips, sorts each group of `window` batches by length and
+    shuffles the batches (a part batch, if any, comes last), as Hugging Face's `group_by_length` does.
+
+    With an augmentation bank the sampler also draws which version each clip comes as, since a copy's length is not
+    its clip's, and yields `version * len(dataset) + clip` for ClipDataset to decode. It is seeded by `seed`
+    (torch.initial_seed(), which seed_everything sets, by default) and the epoch, so DDP ranks and a resumed run draw
+    alike; an epoch nobody announces with `set_epoch` (DDP's wrapper) is the last one plus one."""
+
+    def __init__(self, dataset: ClipDataset, batch_size: int, window: int, seed: int | None = None) -> None:
+        if window < 1 or batch_size < 1:
+            raise ConfigError(f"data.group_by_length must be a number of batches >= 1 (got {window}), or 0 for off.")
+        self.dataset, self.batch_size, self.window = dataset, batch_size, window
+        self.seed = torch.initial_seed() if seed is None else seed
+        self.epoch = 0
+        dataset.versions_from_sampler = True
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        count = len(self.dataset)
+        order = torch.randperm(count, generator=generator)
+        version = self.dataset.draw_versions(count, generator)
+        lengths = self.dataset.lengths[version, torch.arange(count)]
+        batches = [batch for group in order.split(self.batch_size * self.window)
+                   for batch in group[lengths[group].argsort(stable=True)].split(self.batch_size)]
+        whole = [batch for batch in batches if len(batch) == self.batch_size]
+        shuffled = [whole[i] for i in torch.randperm(len(whole), generator=generator)]
+        stream = torch.cat(shuffled + [batch for batch in batches if len(batch) < self.batch_size])
+        return iter((version[stream] * count + stream).tolist())
 
 
 BATCH_KEYS = {"waveform": ("waveform", "lengths"), "features": ("features", "feature_lengths")}
@@ -174,6 +223,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         synthetic_voices: str | None = None,
         extra_train: str | list[str] | None = None,
         extra_eval: str | list[str] | None = None,
+        group_by_length: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -320,10 +370,12 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         """The loader of a split's dataset (or of `dataset`, e.g. a split under a condition)."""
         dataset = self.datasets[split] if dataset is None else dataset
         train = split == "TRAIN" and shuffle
+        if train and self.hparams.group_by_length and sampler is None:
+            sampler = LengthGroupedSampler(dataset, self.hparams.batch_size, self.hparams.group_by_length)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size if train else self.hparams.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.hparams.batch_size,  # no 1-clip batch for batch norm
             num_workers=self.hparams.num_workers,

@@ -370,7 +370,7 @@ class SpokenDigitDataModule(pl.LightningDataModule):
         """The loader of a split's dataset (or of `dataset`, e.g. a split under a condition)."""
         dataset = self.datasets[split] if dataset is None else dataset
         train = split == "TRAIN" and shuffle
-        if train and self.hparams.group_by_length and sampler is None:
+        if train and self.hparams.group_by_length and sampler is None and len(dataset):
             sampler = LengthGroupedSampler(dataset, self.hparams.batch_size, self.hparams.group_by_length)
         return DataLoader(
             dataset,

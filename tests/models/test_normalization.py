@@ -86,11 +86,13 @@ def test_clip_norm_changes_the_prediction_only_at_inference(make_cfg) -> None:
 
 
 def test_the_presets_weights(make_cfg) -> None:
-    """The default blends 0.3, robust_cnn_voices 0.1 (each chosen on held-out speakers); the presets tuned and
-    reported on DEV keep plain BatchNorm; another encoder under model=cnn (no such BatchNorm) is left as it is."""
+    """The default blends 0.3, robust_cnn_voices and robust_cnn_speakers 0.1 (each chosen on held-out speakers); the
+    presets tuned and reported on DEV keep plain BatchNorm; another encoder under model=cnn (no such BatchNorm) is
+    left as it is."""
     assert make_cfg().model.clip_norm == 0.3
     assert make_cfg("experiment=robust_cnn_voices").model.clip_norm == 0.1
-    for preset in ("best_cnn", "cnn_ensemble", "study_cnn", "study_cnn_george", "robust_cnn_speakers"):
+    assert make_cfg("experiment=robust_cnn_speakers").model.clip_norm == 0.1
+    for preset in ("best_cnn", "cnn_ensemble", "study_cnn", "study_cnn_george", "robust_cnn_clean"):
         assert make_cfg(f"experiment={preset}").model.clip_norm == 0.0, preset
     vit = instantiate(make_cfg("encoder=vit").model, _recursive_=False, _convert_="all")
     assert set_clip_weight(vit, 0.3) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -109,7 +109,7 @@ class LengthGroupedSampler(Sampler[int]):
     alike; an epoch nobody announces with `set_epoch` (DDP's wrapper) is the last one plus one."""
 
     def __init__(self, dataset: ClipDataset, batch_size: int, window: int, seed: int | None = None) -> None:
-        if window < 1 or batch_size < 1:
+        if window < 1:  # batch_size is checked with the config (config.TRAIN_CHECKS)
             raise ConfigError(f"data.group_by_length must be a number of batches >= 1 (got {window}), or 0 for off.")
         self.dataset, self.batch_size, self.window = dataset, batch_size, window
         self.seed = torch.initial_seed() if seed is None else seed
@@ -122,7 +122,7 @@ class LengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         count = len(self.dataset)
@@ -184,6 +184,9 @@ class SpokenDigitDataModule(pl.LightningDataModule):
 
     `extra_train` / `extra_eval` (a folder of labelled clips, or its CSV; data/folder.py, data=folder): its clips join
     TRAIN, or make the split EXTRA (reported after DEV/TEST); a speaker also on the other side is refused.
+
+    `group_by_length` (G > 0): TRAIN batches of clips of about the same length, sorted within random groups of G
+    batches (LengthGroupedSampler), so they carry less padding.
 
     `augment_bank` (with a model that augments waveforms): that many augmented copies of each TRAIN clip, made once
     with the model's waveform augmentations and cached as features; every epoch each clip comes as itself or one of
